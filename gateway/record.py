@@ -1,0 +1,81 @@
+"""
+The usage record: one row of ``llm_usage``, built once per call.
+
+The proxy, the ingestion API and the recorder all speak this type; the spool
+stores it as one JSON line (``to_json`` / ``from_json``) with money as strings,
+so a replayed record is the record that was built, to the last digit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+
+def new_request_id() -> str:
+    return f"tg-{uuid.uuid4().hex}"
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    request_id: str
+    timestamp: datetime
+    model: str
+    upstream: str = ""
+    endpoint: str = ""
+    status: int = 200
+    streamed: bool = False
+    input_tokens: int = 0
+    # Included in input_tokens; priced at the cached rate.
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    # Included in output_tokens; never added twice.
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+    input_cost_usd: Decimal | None = None
+    output_cost_usd: Decimal | None = None
+    total_cost_usd: Decimal | None = None
+    # Which price source priced it ("config", "genai-prices"); None: unpriced.
+    price_source: str | None = None
+    # False when the response ended before its usage arrived.
+    usage_complete: bool = True
+    # True when the tokens were estimated from what was seen, not reported.
+    usage_estimated: bool = False
+    purpose: str | None = None
+    ticker: str | None = None
+    cycle_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    response_time_ms: float = 0.0
+    # The label of the gateway key the client presented, if any.
+    key_label: str | None = None
+    # A short machine code when the call did not end normally
+    # ("upstream_timeout", "client_disconnected", ...).
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.timestamp.tzinfo is None:
+            raise ValueError("UsageRecord.timestamp must be timezone-aware")
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self), default=_encode)
+
+    @classmethod
+    def from_json(cls, line: bytes | str) -> UsageRecord:
+        data: dict[str, Any] = orjson.loads(line)
+        data["timestamp"] = datetime.fromisoformat(data["timestamp"]).astimezone(UTC)
+        for name in ("input_cost_usd", "output_cost_usd", "total_cost_usd"):
+            if data.get(name) is not None:
+                data[name] = Decimal(data[name])
+        return cls(**data)
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import asyncpg
+
+from gateway import db
+
+
+async def test_migrations_are_recorded_and_applied_once(db_pool: asyncpg.Pool) -> None:
+    async with db_pool.acquire() as conn:
+        again = await db.apply_migrations(conn)
+        versions = await conn.fetch("SELECT version FROM schema_migrations")
+
+    assert again == []
+    assert [r["version"] for r in versions] == [p.stem for p in db.list_migrations()]
+
+
+async def test_partitions_are_created_ahead_and_take_rows(
+    db_pool: asyncpg.Pool,
+) -> None:
+    now = datetime(2031, 11, 15, tzinfo=UTC)
+    async with db_pool.acquire() as conn:
+        await conn.execute(
+            'INSERT INTO llm_usage ("timestamp", model, request_id)'
+            " VALUES ('2032-01-10T00:00:00Z', 'm', 'early')"
+        )
+
+        created = await db.ensure_partitions(conn, now)
+        again = await db.ensure_partitions(conn, now)
+        where = await conn.fetchval(
+            "SELECT tableoid::regclass::text FROM llm_usage WHERE request_id = 'early'"
+        )
+
+    assert created == ["llm_usage_y2031m11", "llm_usage_y2031m12", "llm_usage_y2032m01"]
+    assert again == []
+    assert where == "llm_usage_y2032m01"
+
+
+async def test_retention_drops_old_months_only(db_pool: asyncpg.Pool) -> None:
+    now = datetime(2030, 5, 20, tzinfo=UTC)
+    async with db_pool.acquire() as conn:
+        await db.ensure_partitions(conn, datetime(2030, 2, 1, tzinfo=UTC), 3)
+        for ts in ("2030-02-03", "2030-04-30", "2030-05-01"):
+            await conn.execute(
+                'INSERT INTO llm_usage ("timestamp", model, request_id)'
+                " VALUES ($1, 'm', $2)",
+                datetime.fromisoformat(ts).replace(tzinfo=UTC),
+                ts,
+            )
+        await conn.execute(
+            "INSERT INTO llm_usage_daily (day, model, purpose) VALUES ($1, 'm', '')",
+            date(2030, 2, 3),
+        )
+
+        dropped = await db.apply_retention(conn, now, months=2)
+        kept = await conn.fetch("SELECT request_id FROM llm_usage ORDER BY 1")
+        rollup = await conn.fetchval("SELECT count(*) FROM llm_usage_daily")
+
+    assert "llm_usage_y2030m02" in dropped
+    assert [r["request_id"] for r in kept] == ["2030-04-30", "2030-05-01"]
+    assert rollup == 0
+
+
+async def test_claim_once_has_one_winner(db_pool: asyncpg.Pool) -> None:
+    first = await db.claim_once(db_pool, "alert", "day:2030-01-01:0.8", "a")
+    second = await db.claim_once(db_pool, "alert", "day:2030-01-01:0.8", "b")
+
+    assert (first, second) == (True, False)
+
+
+def test_redact_dsn_hides_the_password() -> None:
+    assert db.redact_dsn("postgresql://u:secret@h:5/d") == "postgresql://u:***@h:5/d"
+    assert db.redact_dsn("postgresql://h/d") == "postgresql://h/d"
