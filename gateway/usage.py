@@ -1,0 +1,147 @@
+"""
+Token usage as the upstreams report it, read into one shape.
+
+Three dialects of the ``usage`` object are understood:
+
+- chat and legacy completions, embeddings: ``prompt_tokens``,
+  ``completion_tokens``, ``total_tokens``, ``prompt_tokens_details.cached_tokens``,
+  ``completion_tokens_details.reasoning_tokens``;
+- DeepSeek, the same plus ``prompt_cache_hit_tokens`` (which wins over
+  ``prompt_tokens_details.cached_tokens``) and ``prompt_cache_miss_tokens``;
+- the Responses API: ``input_tokens``, ``output_tokens``,
+  ``input_tokens_details.cached_tokens``, ``output_tokens_details.reasoning_tokens``.
+
+Bodies come from outside, so nothing here trusts them: a field of the wrong
+type, negative, or absurdly large is ignored, and bad JSON yields no usage
+instead of an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# A count above this is garbage, not a call; it also keeps every cost well
+# inside the numeric(20,12) column.
+MAX_TOKENS = 10**12
+
+# Longest model name taken from a body; anything longer is not a model name.
+MAX_MODEL_CHARS = 256
+
+# Rule of thumb for text in the common tokenizers (cl100k, o200k, DeepSeek's):
+# about four bytes of UTF-8 per token for English and code.
+BYTES_PER_TOKEN = 4
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    # Part of input_tokens, priced at the cached rate.
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    # Part of output_tokens; never added twice.
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+
+
+def usage_from_object(obj: object) -> Usage | None:
+    """
+    Return the usage a ``usage`` JSON object of any dialect reports, or None.
+
+    None means the object reports no count at all (or is not an object).
+    """
+    if not isinstance(obj, Mapping):
+        return None
+    input_tokens = _count(obj.get("prompt_tokens"))
+    if input_tokens is None:
+        input_tokens = _count(obj.get("input_tokens"))
+    output_tokens = _count(obj.get("completion_tokens"))
+    if output_tokens is None:
+        output_tokens = _count(obj.get("output_tokens"))
+    total_tokens = _count(obj.get("total_tokens"))
+
+    cache_hit = _count(obj.get("prompt_cache_hit_tokens"))
+    cached_tokens = cache_hit
+    if cached_tokens is None:
+        cached_tokens = _detail(obj, "prompt_tokens_details", "cached_tokens")
+    if cached_tokens is None:
+        cached_tokens = _detail(obj, "input_tokens_details", "cached_tokens")
+    reasoning_tokens = _detail(obj, "completion_tokens_details", "reasoning_tokens")
+    if reasoning_tokens is None:
+        reasoning_tokens = _detail(obj, "output_tokens_details", "reasoning_tokens")
+
+    if input_tokens is None and cache_hit is not None:
+        cache_miss = _count(obj.get("prompt_cache_miss_tokens"))
+        if cache_miss is not None:
+            input_tokens = cache_hit + cache_miss
+    if input_tokens is None and output_tokens is None and total_tokens is None:
+        return None
+
+    input_tokens = input_tokens or 0
+    output_tokens = output_tokens or 0
+    if total_tokens is None:
+        total_tokens = input_tokens + output_tokens
+
+    return Usage(
+        input_tokens=input_tokens,
+        # A part can never exceed its whole; a report that says so is cut down.
+        cached_input_tokens=min(cached_tokens or 0, input_tokens),
+        output_tokens=output_tokens,
+        reasoning_tokens=min(reasoning_tokens or 0, output_tokens),
+        total_tokens=total_tokens,
+    )
+
+
+def usage_from_body(body: bytes) -> tuple[Usage | None, str | None]:
+    """
+    Return the usage and the model reported by a whole, non-streamed JSON body.
+
+    Either may be None: an error body has neither, an embeddings body from some
+    upstreams has usage but no model.
+    """
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+
+    return usage_from_object(obj.get("usage")), model_name(obj.get("model"))
+
+
+def model_name(value: Any) -> str | None:
+    """Return *value* if it can be a model name, else None."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_MODEL_CHARS:
+        return value
+    return None
+
+
+def estimate_tokens(n_bytes: int) -> int:
+    """
+    Return an estimate of the tokens in *n_bytes* bytes of text, rounded up.
+
+    Used when a call ends before its usage arrives: the request body gives the
+    input, and a stream cut short gives its output as about one token per
+    content chunk (``StreamScanner.chunks_seen``), since the upstreams send one
+    token per chunk.
+    """
+    if n_bytes <= 0:
+        return 0
+    return -(-n_bytes // BYTES_PER_TOKEN)
+
+
+def _count(value: Any) -> int | None:
+    # Exact type check: bool is an int, and a float count is not a count.
+    if type(value) is int and 0 <= value <= MAX_TOKENS:
+        return value
+    return None
+
+
+def _detail(obj: Mapping[str, Any], details: str, key: str) -> int | None:
+    inner = obj.get(details)
+    if isinstance(inner, Mapping):
+        return _count(inner.get(key))
+    return None

@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.usage import (
+    MAX_TOKENS,
+    Usage,
+    estimate_tokens,
+    usage_from_body,
+    usage_from_object,
+)
+from tests.fixtures import recorded
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "expected"),
+    [
+        ("openai_chat_1.json", "gpt-4o-mini-2024-07-18", Usage(12, 0, 5, 0, 17)),
+        ("openai_chat_2.json", "gpt-4o-mini-2024-07-18", Usage(8, 0, 9, 0, 17)),
+        ("openai_chat_reasoning_1.json", "o3-mini-2025-01-31", Usage(7, 0, 87, 64, 94)),
+        ("openai_responses_1.json", "gpt-5.5-2026-04-23", Usage(11, 0, 5, 0, 16)),
+        ("openai_responses_2.json", "gpt-4o-mini-2024-07-18", Usage(22, 0, 6, 0, 28)),
+        (
+            "openai_responses_reasoning_1.json",
+            "gpt-5.4-2026-03-05",
+            Usage(44, 0, 288, 9, 332),
+        ),
+        ("openai_embeddings_1.json", "text-embedding-3-small", Usage(8, 0, 0, 0, 8)),
+        ("deepseek_chat_1.json", "deepseek-chat", Usage(12, 0, 28, 0, 40)),
+        (
+            "deepseek_reasoner_1.json",
+            "deepseek-v4-flash",
+            Usage(563, 512, 116, 60, 679),
+        ),
+        (
+            "deepseek_reasoner_2.json",
+            "deepseek-v4-flash",
+            Usage(976, 896, 61, 25, 1037),
+        ),
+        ("deepseek_reasoner_3.json", "deepseek-reasoner", Usage(12, 0, 789, 415, 801)),
+    ],
+)
+def test_recorded_bodies_give_their_usage_and_model(
+    name: str, model: str, expected: Usage
+) -> None:
+    usage, reported = usage_from_body(recorded(name))
+
+    assert usage == expected
+    assert reported == model
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "openai_error_400_1.json",
+        "openai_error_400_2.json",
+        "openai_error_400_3.json",
+        "openai_error_404_1.json",
+        "openai_error_429_1.json",
+    ],
+)
+def test_error_bodies_have_no_usage(name: str) -> None:
+    assert usage_from_body(recorded(name)) == (None, None)
+
+
+def test_deepseek_cache_hit_wins_over_details() -> None:
+    obj = {
+        "prompt_tokens": 100,
+        "completion_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 10},
+        "prompt_cache_hit_tokens": 64,
+        "prompt_cache_miss_tokens": 36,
+    }
+
+    assert usage_from_object(obj) == Usage(100, 64, 10, 0, 110)
+
+
+def test_deepseek_hit_and_miss_stand_in_for_missing_prompt_tokens() -> None:
+    obj = {"prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36}
+
+    assert usage_from_object(obj) == Usage(100, 64, 0, 0, 100)
+
+
+def test_total_is_input_plus_output_when_not_reported() -> None:
+    assert usage_from_object({"input_tokens": 3, "output_tokens": 4}) == Usage(
+        3, 0, 4, 0, 7
+    )
+
+
+def test_reported_total_is_kept_as_reported() -> None:
+    obj = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 9}
+
+    assert usage_from_object(obj) == Usage(3, 0, 4, 0, 9)
+
+
+def test_parts_are_cut_down_to_their_whole() -> None:
+    obj = {
+        "prompt_tokens": 5,
+        "completion_tokens": 2,
+        "prompt_tokens_details": {"cached_tokens": 50},
+        "completion_tokens_details": {"reasoning_tokens": 20},
+    }
+
+    assert usage_from_object(obj) == Usage(5, 5, 2, 2, 7)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [-1, 1.5, 12.0, "12", None, True, [12], {"n": 12}, MAX_TOKENS + 1, 10**30],
+)
+def test_a_bad_count_is_ignored(bad: object) -> None:
+    obj = {"prompt_tokens": bad, "completion_tokens": 4, "total_tokens": bad}
+
+    assert usage_from_object(obj) == Usage(0, 0, 4, 0, 4)
+
+
+@pytest.mark.parametrize(
+    "obj", [None, [], "usage", 12, {}, {"unrelated": 1}, {"prompt_tokens": None}]
+)
+def test_no_count_means_no_usage(obj: object) -> None:
+    assert usage_from_object(obj) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"[1, 2]",
+        b'"usage"',
+        b"null",
+        b'{"usage": [1]}',
+        b'{"usage": {"prompt_tokens": 1e999}}',
+        b"\xff\xfe",
+    ],
+)
+def test_garbage_bodies_give_nothing(body: bytes) -> None:
+    assert usage_from_body(body) == (None, None)
+
+
+def test_a_model_that_is_not_a_string_is_not_reported() -> None:
+    body = b'{"model": 12, "usage": {"prompt_tokens": 1}}'
+
+    assert usage_from_body(body) == (Usage(1, 0, 0, 0, 1), None)
+
+
+def test_huge_integers_in_a_body_are_ignored() -> None:
+    body = b'{"usage": {"prompt_tokens": 1234567890123456789012345, "total_tokens": 2}}'
+
+    assert usage_from_body(body) == (Usage(0, 0, 0, 0, 2), None)
+
+
+@pytest.mark.parametrize(
+    ("n_bytes", "tokens"), [(-5, 0), (0, 0), (1, 1), (4, 1), (5, 2), (4000, 1000)]
+)
+def test_estimate_tokens_is_a_quarter_of_the_bytes_rounded_up(
+    n_bytes: int, tokens: int
+) -> None:
+    assert estimate_tokens(n_bytes) == tokens
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+usage_keys = st.sampled_from(
+    [
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "input_tokens",
+        "output_tokens",
+        "prompt_cache_hit_tokens",
+        "prompt_cache_miss_tokens",
+        "prompt_tokens_details",
+        "completion_tokens_details",
+        "input_tokens_details",
+        "output_tokens_details",
+        "cached_tokens",
+        "reasoning_tokens",
+    ]
+)
+usage_like = st.recursive(
+    st.none() | st.integers(min_value=-10, max_value=2**63 - 1) | st.text(max_size=3),
+    lambda children: st.dictionaries(usage_keys, children, max_size=8),
+    max_leaves=30,
+)
+
+
+@given(usage_like | json_values)
+def test_any_object_gives_a_consistent_usage_or_none(obj: object) -> None:
+    usage = usage_from_object(obj)
+
+    if usage is not None:
+        assert 0 <= usage.cached_input_tokens <= usage.input_tokens <= MAX_TOKENS
+        assert 0 <= usage.reasoning_tokens <= usage.output_tokens <= MAX_TOKENS
+        assert usage.total_tokens >= 0
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_never_raise(body: bytes) -> None:
+    usage_from_body(body)
+
+
+@given(usage_like)
+def test_any_json_body_never_raises(obj: object) -> None:
+    body = orjson.dumps({"model": "m", "usage": obj}, option=orjson.OPT_NON_STR_KEYS)
+
+    usage, model = usage_from_body(body)
+
+    assert model == "m"
+    assert usage == usage_from_object(orjson.loads(body)["usage"])
