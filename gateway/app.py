@@ -1,0 +1,211 @@
+"""
+The application: state, storage lifecycle, and the one error shape.
+
+Each concept registers its own routes through a ``setup(app)`` function; this
+module only wires them together and owns what every route shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import __version__, db
+from gateway.clock import Clock, utc_now
+from gateway.config import Settings
+from gateway.errors import GatewayError, error_body, json_error
+from gateway.keys import (
+    CLOCK,
+    DATABASE,
+    INSTANCE,
+    METRICS,
+    RECORDER,
+    SETTINGS,
+    STARTED_AT,
+    TASKS,
+)
+from gateway.metrics import Metrics
+from gateway.recorder import Recorder, gauges
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# HTTP errors aiohttp raises itself, in the OpenAI vocabulary.
+HTTP_CODES = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("invalid_request_error", "invalid_api_key"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+}
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Render every error as ``{"error": {...}}``; log only our own failures."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        log.info(
+            "%s %s refused: %s", request.method, request.path, exc.message,
+            extra={"status": exc.status, "code": exc.code},
+        )  # fmt: skip
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400 or request.path.startswith("/dashboard"):
+            raise
+        type_, code = HTTP_CODES.get(
+            exc.status, ("invalid_request_error", "http_error")
+        )
+        message = exc.reason if exc.text is None else exc.text
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return json_error(exc.status, error_body(message, type_, code), headers)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(
+            500, error_body("internal gateway error", "server_error", "internal_error")
+        )
+
+
+def spawn(
+    app: web.Application, coro: Coroutine[Any, Any, Any], name: str
+) -> asyncio.Task[Any]:
+    """Start a background task the application holds and cancels on cleanup."""
+    task = asyncio.create_task(coro, name=name)
+    app[TASKS].add(task)
+    task.add_done_callback(app[TASKS].discard)
+    return task
+
+
+async def run_every(
+    interval_s: float, work: Callable[[], Awaitable[None]], what: str
+) -> None:
+    """Run *work* now and then every *interval_s*; a failure waits for the next turn."""
+    while True:
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; trying again in %.0f s", what, interval_s)
+        await asyncio.sleep(interval_s)
+
+
+def storage_context(
+    database: db.Database | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Open the database and the recorder on startup, flush and close on cleanup."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        opened = database or await db.open_database(settings.database)
+        app[DATABASE] = opened
+        recorder = Recorder(
+            opened.pool,
+            settings.recorder,
+            settings.database.data_dir / "spool",
+            app[METRICS],
+        )
+        recorder.observers.append(app[METRICS].count_call)
+        gauges(app[METRICS], recorder)
+        app[RECORDER] = recorder
+        await recorder.start()
+        log.info(
+            "data directory %s; usage stored in %s",
+            settings.database.data_dir,
+            opened.description,
+        )
+
+        async def maintain() -> None:
+            await db.run_maintenance(
+                opened.pool, app[CLOCK](), settings.retention.months, app[INSTANCE]
+            )
+
+        spawn(
+            app,
+            run_every(timedelta(hours=6).total_seconds(), maintain, "maintenance"),
+            "maintenance",
+        )
+        yield
+        for task in list(app[TASKS]):
+            task.cancel()
+        for task in list(app[TASKS]):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await recorder.close()
+        if database is None:
+            await opened.close()
+
+    return context
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__}, dumps=dumps)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the database answers; the recorder's backlog is in the body."""
+    recorder = request.app[RECORDER]
+    try:
+        await asyncio.wait_for(request.app[DATABASE].pool.fetchval("SELECT 1"), 2)
+        database_ok = True
+    # Whatever the reason, an unanswered query means not ready.
+    except Exception:
+        database_ok = False
+    body = {
+        "status": "ready" if database_ok else "degraded",
+        "database": "ok" if database_ok else "unreachable",
+        "recorder_queue_depth": recorder.queue_depth,
+        "spool_depth": recorder.spool_depth,
+    }
+    return web.json_response(body, status=200 if database_ok else 503, dumps=dumps)
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def instance_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock = utc_now,
+    database: db.Database | None = None,
+) -> web.Application:
+    """
+    Build the gateway. With *database* given, the app uses (and leaves open)
+    that database instead of opening its own.
+    """
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[error_middleware],
+    )
+    app[SETTINGS] = settings
+    app[CLOCK] = clock
+    app[METRICS] = Metrics()
+    app[STARTED_AT] = clock()
+    app[INSTANCE] = instance_name()
+    app[TASKS] = set()
+    app.cleanup_ctx.append(storage_context(database))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    # Each concept adds its routes and background work here.
+    return app

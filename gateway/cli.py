@@ -1,0 +1,141 @@
+"""
+The command line: ``tallygate serve | migrate | ...``.
+
+Logging is configured here and nowhere else; settings are built here once and
+passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import Settings, load_settings
+from gateway.errors import ConfigError
+
+log = logging.getLogger("gateway")
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter(
+        "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # One line per request comes from the gateway; aiohttp's would repeat it.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    server = settings.server
+    if server.host not in LOOPBACK and server.admin_token is None:
+        log.warning(
+            "listening on %s without server.admin_token: anyone who can reach it "
+            "can read the usage API and metrics",
+            server.host,
+        )
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    log.info(
+        "tallygate %s listening on http://%s:%d", __version__, server.host, server.port
+    )
+    web.run_app(
+        create_app(settings),
+        host=server.host,
+        port=server.port,
+        shutdown_timeout=server.drain_timeout_s,
+        access_log=None,
+        print=None,
+        loop=loop,
+        handle_signals=True,
+    )
+    return 0
+
+
+def migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway import db
+
+    async def run() -> list[str]:
+        database = await db.open_database(settings.database, migrate=False)
+        try:
+            async with database.pool.acquire() as conn:
+                applied = await db.apply_migrations(conn)
+                await db.ensure_partitions(conn, db.datetime.now(db.UTC))
+        finally:
+            await database.close()
+        return applied
+
+    applied = asyncio.run(run())
+    log.info(
+        "applied %d migrations%s",
+        len(applied),
+        f": {', '.join(applied)}" if applied else "",
+    )
+    return 0
+
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tallygate", description=__doc__.splitlines()[1]
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"tallygate {__version__}"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Command, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", type=Path, help="TOML settings file")
+        sub.set_defaults(run=run)
+        return sub
+
+    serve_parser = command("serve", serve, "run the gateway")
+    serve_parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve_parser.add_argument("--port", type=int, help="port to bind (default 5611)")
+    command("migrate", migrate, "apply pending database migrations and exit")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {}
+    server = {
+        k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None
+    }
+    if server:
+        overrides["server"] = server
+    try:
+        settings = load_settings(args.config, **overrides)
+    except ConfigError as exc:
+        print(f"tallygate: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.server.log_level)
+    return args.run(args, settings)

@@ -1,0 +1,26 @@
+"""Typed keys for the state the application holds."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.clock import Clock
+from gateway.config import Settings
+from gateway.db import Database
+from gateway.metrics import Metrics
+from gateway.recorder import Recorder
+
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK = web.AppKey("clock", Clock)
+METRICS = web.AppKey("metrics", Metrics)
+DATABASE = web.AppKey("database", Database)
+RECORDER = web.AppKey("recorder", Recorder)
+# When this process started serving: the start of the ``session`` period.
+STARTED_AT = web.AppKey("started_at", datetime)
+# A name for this process in claims and leases: host, pid and a random part.
+INSTANCE = web.AppKey("instance", str)
+# Background tasks the application owns and cancels on cleanup.
+TASKS = web.AppKey("tasks", set[Any])
