@@ -25,6 +25,7 @@ from gateway.clock import Clock, utc_now
 from gateway.config import Settings
 from gateway.errors import GatewayError, error_body, json_error
 from gateway.keys import (
+    ADMISSION,
     CLOCK,
     DATABASE,
     INSTANCE,
@@ -204,6 +205,7 @@ def create_app(
     app[STARTED_AT] = clock()
     app[INSTANCE] = instance_name()
     app[TASKS] = set()
+    app[ADMISSION] = []
     app.cleanup_ctx.append(storage_context(database))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

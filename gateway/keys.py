@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -24,3 +25,6 @@ STARTED_AT = web.AppKey("started_at", datetime)
 INSTANCE = web.AppKey("instance", str)
 # Background tasks the application owns and cancels on cleanup.
 TASKS = web.AppKey("tasks", set[Any])
+# Checks a proxied call must pass before it goes upstream, called with its
+# tags (purpose, ticker, cycle); a check refuses by raising a GatewayError.
+ADMISSION = web.AppKey("admission", list[Callable[[dict[str, str | None]], None]])
