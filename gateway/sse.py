@@ -1,0 +1,341 @@
+"""
+The incremental scanner that reads usage out of a relayed event stream.
+
+The proxy hands every read of an upstream ``text/event-stream`` body to
+``StreamScanner.feed`` and relays what it returns. The scanner splits the bytes
+into events at blank lines (``\\n``, ``\\r\\n`` or ``\\r`` line ends, as the SSE
+format allows) without copying them, and looks at each event with ``bytes.find``
+only. An event is JSON-parsed only when those checks say it can carry usage:
+a ``"usage"`` key followed by an object (chat and legacy completions), or a
+final ``response.*`` event (the Responses API). A stream of a few hundred chunks
+is therefore parsed once or twice.
+
+Where usage sits:
+
+- chat and legacy completions: the last chunk with a non-null ``usage``. OpenAI
+  sends it on an extra chunk with ``"choices": []`` just before ``[DONE]``;
+  DeepSeek puts it on the chunk that carries ``finish_reason``.
+- Responses API: ``response.usage`` of ``response.completed``,
+  ``response.incomplete`` or ``response.failed``.
+
+With ``hide_usage_chunk`` (the gateway asked for usage the client did not ask
+for) the usage-only chunk is removed whole, so the client receives the bytes it
+would have received without the gateway. Nothing else is ever changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import orjson
+
+from gateway.usage import MAX_MODEL_CHARS, Usage, model_name, usage_from_object
+
+log = logging.getLogger(__name__)
+
+# An event longer than this is passed through unscanned, so a stream that never
+# sends a blank line cannot make the gateway hold an unbounded buffer.
+MAX_EVENT_BYTES = 1 << 20
+
+_FINAL_TYPES = frozenset(
+    {"response.completed", "response.incomplete", "response.failed"}
+)
+_FINAL_TOKENS = tuple(f'"{name}"'.encode() for name in sorted(_FINAL_TYPES))
+
+# Bytes that may sit between a JSON key and its value.
+_KEY_GAP = b" \t:"
+_LINE_ENDS = b"\r\n"
+_LF, _CR, _QUOTE, _BRACE = 10, 13, 34, 123
+
+
+class StreamScanner:
+    """
+    Watch one event stream for its usage, model and end.
+
+    ``feed`` returns the bytes to relay now and never raises: an event it cannot
+    read is relayed unchanged and ignored. Without ``hide_usage_chunk`` it
+    returns its argument itself. With it, it holds back at most the incomplete
+    event at the end of what it was fed, which ``close`` hands back.
+    """
+
+    __slots__ = (
+        "_broken",
+        "_closed",
+        "_oversized",
+        "_tail",
+        "chunks_seen",
+        "finished",
+        "hide_usage_chunk",
+        "model",
+        "responses_api",
+        "usage",
+    )
+
+    def __init__(
+        self, *, responses_api: bool = False, hide_usage_chunk: bool = False
+    ) -> None:
+        self.responses_api = responses_api
+        # The gateway adds include_usage to chat completions only; a Responses
+        # stream always carries its usage, so there is nothing to hide there.
+        self.hide_usage_chunk = hide_usage_chunk and not responses_api
+        # The last usage reported, None until one arrives.
+        self.usage: Usage | None = None
+        # The model the stream reports, from the first event that names one.
+        self.model: str | None = None
+        # True once [DONE] or a final response.* event was seen.
+        self.finished = False
+        # Data events seen, [DONE] excepted: about one output token each.
+        self.chunks_seen = 0
+        # The bytes of the incomplete event at the end of the stream so far.
+        # With hide_usage_chunk they are not relayed yet, unless _oversized.
+        self._tail = bytearray()
+        # The current event passed MAX_EVENT_BYTES: it is relayed as it comes,
+        # not scanned, and _tail keeps only its last two bytes.
+        self._oversized = False
+        self._broken = False
+        self._closed = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Scan one read of the stream; return the bytes to relay now."""
+        if self._broken or self._closed or not data:
+            return data
+        held = len(self._tail)
+        try:
+            return self._feed(data)
+        # A bug here must cost the call its usage, not its response: relay
+        # what was held and everything after it unscanned.
+        except Exception:
+            log.exception("stream scanner failed, relaying the rest unscanned")
+            self._broken = True
+            if self.hide_usage_chunk and not self._oversized:
+                data = bytes(self._tail[:held]) + data
+            self._tail = bytearray()
+            return data
+
+    def close(self) -> bytes:
+        """End of stream: scan the last, unterminated event; return what was held."""
+        if self._closed:
+            return b""
+        self._closed = True
+        tail, self._tail = self._tail, bytearray()
+        if self._broken or self._oversized or not tail:
+            return b""
+        try:
+            dropped = self._scan(tail, 0, len(tail))
+        except Exception:
+            log.exception("stream scanner failed on the last event")
+            dropped = False
+        if not self.hide_usage_chunk or dropped:
+            return b""
+
+        return bytes(tail)
+
+    def _feed(self, data: bytes) -> bytes:
+        tail = self._tail
+        if tail:
+            # A blank line may straddle the reads; one held back at the very
+            # end (a CR that may turn out to be CRLF) is found again too.
+            start = max(0, len(tail) - 2)
+            tail += data
+            buf: bytes | bytearray = tail
+        else:
+            start = 0
+            buf = data
+        # Bytes before relayed_to were relayed by an earlier feed.
+        relayed_to = len(buf) - len(data) if self._oversized else 0
+        kept: list[bytes | bytearray] = []
+        pos = 0
+
+        for end in _event_ends(buf, start):
+            if self._oversized:
+                self._oversized = False
+            elif self._scan(buf, pos, end) and self.hide_usage_chunk:
+                kept.append(buf[relayed_to:pos])
+                relayed_to = end
+            pos = end
+
+        rest = len(buf) - pos
+        if self._oversized or rest > MAX_EVENT_BYTES:
+            if not self._oversized:
+                log.debug("stream event over %d bytes, not scanned", MAX_EVENT_BYTES)
+                self._oversized = True
+            hold_from = len(buf)
+            keep_from = max(0, len(buf) - 2)
+        else:
+            hold_from = keep_from = pos
+
+        if not self.hide_usage_chunk:
+            out: bytes = data
+        elif not kept and relayed_to == 0 and hold_from == len(buf) and buf is data:
+            out = data
+        else:
+            kept.append(buf[relayed_to:hold_from])
+            out = b"".join(kept)
+        if buf is tail:
+            del tail[:keep_from]
+        elif keep_from < len(buf):
+            self._tail = bytearray(memoryview(data)[keep_from:])
+
+        return out
+
+    def _scan(self, buf: bytes | bytearray, start: int, end: int) -> bool:
+        """Read one whole event; return True if it is a usage chunk to hide."""
+        if (
+            not buf.startswith(b"data", start, end)
+            and buf.find(b"\ndata", start, end) == -1
+            and buf.find(b"\rdata", start, end) == -1
+        ):
+            return False  # a comment, keep-alive or event-name-only block
+        done = buf.find(b"[DONE]", start, end)
+        if done != -1 and _is_done_line(buf, start, done, end):
+            self.finished = True
+            return False
+        self.chunks_seen += 1
+        if self.model is None:
+            self.model = _string_after_key(buf, b'"model"', start, end)
+
+        if self.responses_api:
+            if not any(buf.find(token, start, end) != -1 for token in _FINAL_TOKENS):
+                return False
+        elif not _has_usage_object(buf, start, end):
+            return False
+        obj = _parse_event(buf, start, end)
+        if not isinstance(obj, dict):
+            return False
+        if self.responses_api:
+            self._take_response(obj)
+            return False
+
+        return self._take_chunk(obj)
+
+    def _take_chunk(self, obj: dict) -> bool:
+        usage = usage_from_object(obj.get("usage"))
+        if usage is None:
+            return False
+        self.usage = usage
+        if self.model is None:
+            self.model = model_name(obj.get("model"))
+
+        return obj.get("choices") == []
+
+    def _take_response(self, obj: dict) -> None:
+        kind = obj.get("type")
+        if not isinstance(kind, str) or kind not in _FINAL_TYPES:
+            return
+        self.finished = True
+        response = obj.get("response")
+        if not isinstance(response, dict):
+            return
+        usage = usage_from_object(response.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        if self.model is None:
+            self.model = model_name(response.get("model"))
+
+
+def _event_ends(buf: bytes | bytearray, start: int) -> Iterator[int]:
+    """
+    Yield the end of each whole event in *buf*, just past its blank line.
+
+    A blank line is a line end followed by another: LF LF, LF CR, CR CR (and
+    CRLF variants, which contain one of those). A CR that ends *buf* is not
+    taken as a line end yet, since the next read may start with its LF.
+    """
+    if buf.find(b"\r", start) == -1:
+        i = buf.find(b"\n\n", start)
+        while i != -1:
+            yield i + 2
+            i = buf.find(b"\n\n", i + 2)
+        return
+
+    size = len(buf)
+    # The next match of each pattern, refreshed only once passed, so that a
+    # pattern absent from a CRLF stream is not searched for again per event.
+    nexts = [buf.find(p, start) for p in (b"\n\n", b"\n\r", b"\r\r")]
+    while True:
+        found = [i for i in nexts if i != -1]
+        if not found:
+            return
+        i = min(found)
+        end = i + 2
+        if buf[i + 1] == _CR:
+            if end == size:
+                return
+            if buf[end] == _LF:
+                end += 1
+        yield end
+        for k, pattern in enumerate((b"\n\n", b"\n\r", b"\r\r")):
+            if nexts[k] != -1 and nexts[k] < end:
+                nexts[k] = buf.find(pattern, end)
+
+
+def _is_done_line(buf: bytes | bytearray, start: int, at: int, end: int) -> bool:
+    """Whether ``[DONE]`` at *at* is the whole value of a data line."""
+    after = at + 6
+    if after < end and buf[after] not in _LINE_ENDS:
+        return False
+    if buf.endswith(b"data: ", start, at):
+        head = at - 6
+    elif buf.endswith(b"data:", start, at):
+        head = at - 5
+    else:
+        return False
+
+    return head == start or buf[head - 1] in _LINE_ENDS
+
+
+def _has_usage_object(buf: bytes | bytearray, start: int, end: int) -> bool:
+    # Inside a JSON string every quote is escaped, so a match is a real key.
+    i = buf.find(b'"usage"', start, end)
+    while i != -1:
+        j = i + 7
+        while j < end and buf[j] in _KEY_GAP:
+            j += 1
+        if j < end and buf[j] == _BRACE:
+            return True
+        i = buf.find(b'"usage"', j, end)
+    return False
+
+
+def _string_after_key(
+    buf: bytes | bytearray, key: bytes, start: int, end: int
+) -> str | None:
+    """Return the plain string value of the first *key* in an event, if any."""
+    i = buf.find(key, start, end)
+    if i == -1:
+        return None
+    j = i + len(key)
+    while j < end and buf[j] in _KEY_GAP:
+        j += 1
+    if j >= end or buf[j] != _QUOTE:
+        return None
+    close = buf.find(b'"', j + 1, min(end, j + 2 + MAX_MODEL_CHARS))
+    if close == -1:
+        return None
+    raw = buf[j + 1 : close]
+    # An escaped name is left to the parsed usage chunk.
+    if b"\\" in raw:
+        return None
+    try:
+        return model_name(raw.decode())
+    except UnicodeDecodeError:
+        return None
+
+
+def _parse_event(buf: bytes | bytearray, start: int, end: int) -> object:
+    """Return the JSON of an event's data lines joined, or None."""
+    block = bytes(buf[start:end])
+    if b"\r" in block:
+        block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    parts = []
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+        elif line == b"data":
+            parts.append(b"")
+    try:
+        return orjson.loads(b"\n".join(parts))
+    except orjson.JSONDecodeError:
+        return None

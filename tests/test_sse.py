@@ -1,0 +1,409 @@
+from __future__ import annotations
+
+import itertools
+import logging
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway import sse
+from gateway.sse import MAX_EVENT_BYTES, StreamScanner
+from gateway.usage import Usage
+from tests.fixtures import recorded
+
+STREAMS = {
+    "openai_chat_stream_usage_1.sse": (Usage(12, 0, 5, 0, 17), "gpt-4-0613", 8),
+    "openai_chat_stream_usage_2.sse": (
+        Usage(53, 0, 15, 0, 68),
+        "gpt-4o-mini-2024-07-18",
+        8,
+    ),
+    "openai_chat_stream_usage_3.sse": (
+        Usage(78, 0, 9, 0, 87),
+        "gpt-4o-mini-2024-07-18",
+        11,
+    ),
+    "openai_chat_stream_nousage_1.sse": (None, "gpt-4-0613", 7),
+    "deepseek_chat_stream_1.sse": (Usage(12, 0, 28, 0, 40), "deepseek-chat", 30),
+    "deepseek_reasoner_stream_1.sse": (
+        Usage(6, 0, 212, 198, 218),
+        "deepseek-reasoner",
+        211,
+    ),
+    "openai_responses_stream_1.sse": (
+        Usage(11, 0, 5, 0, 16),
+        "gpt-5.5-2026-04-23",
+        9,
+    ),
+}
+# The streams whose usage rides on an extra chunk with "choices": [].
+USAGE_CHUNK_STREAMS = [
+    "openai_chat_stream_usage_1.sse",
+    "openai_chat_stream_usage_2.sse",
+    "openai_chat_stream_usage_3.sse",
+]
+
+
+def scanner_for(name: str, *, hide: bool = False) -> StreamScanner:
+    return StreamScanner(responses_api="responses" in name, hide_usage_chunk=hide)
+
+
+def without_usage_chunk(body: bytes) -> bytes:
+    """The stream as the client would have had it, cut by hand at LF LF."""
+    events = body.split(b"\n\n")
+    kept = [e for e in events if b'"choices":[],"usage":{' not in e]
+    assert len(kept) == len(events) - 1
+    return b"\n\n".join(kept)
+
+
+def relay(scanner: StreamScanner, reads: list[bytes]) -> bytes:
+    return b"".join(scanner.feed(read) for read in reads) + scanner.close()
+
+
+def split_at(body: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(body)) for c in cuts} | {0, len(body)})
+    return [body[a:b] for a, b in itertools.pairwise(points)]
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_recorded_stream_gives_its_usage_model_and_end(name: str) -> None:
+    usage, model, chunks = STREAMS[name]
+    body = recorded(name)
+    scanner = scanner_for(name)
+
+    relayed = scanner.feed(body)
+
+    assert relayed is body
+    assert scanner.close() == b""
+    assert scanner.usage == usage
+    assert scanner.model == model
+    assert scanner.finished
+    assert scanner.chunks_seen == chunks
+
+
+@pytest.mark.parametrize("name", USAGE_CHUNK_STREAMS)
+def test_hidden_usage_chunk_is_removed_whole(name: str) -> None:
+    body = recorded(name)
+    scanner = scanner_for(name, hide=True)
+
+    relayed = relay(scanner, [body])
+
+    assert relayed == without_usage_chunk(body)
+    assert scanner.usage == STREAMS[name][0]
+    assert scanner.finished
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "deepseek_chat_stream_1.sse",
+        "deepseek_reasoner_stream_1.sse",
+        "openai_chat_stream_nousage_1.sse",
+        "openai_responses_stream_1.sse",
+    ],
+)
+def test_usage_on_a_chunk_with_choices_is_never_removed(name: str) -> None:
+    """DeepSeek's usage rides on the finish_reason chunk: read, not removed."""
+    body = recorded(name)
+    scanner = scanner_for(name, hide=True)
+
+    relayed = scanner.feed(body)
+
+    assert relayed is body
+    assert scanner.close() == b""
+    assert scanner.usage == STREAMS[name][0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(sorted(STREAMS)),
+    hide=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=80_000), max_size=40),
+)
+def test_any_split_into_reads_gives_the_same_usage_and_bytes(
+    name: str, hide: bool, cuts: list[int]
+) -> None:
+    body = recorded(name)
+    expected = body
+    if hide and name in USAGE_CHUNK_STREAMS:
+        expected = without_usage_chunk(body)
+    scanner = scanner_for(name, hide=hide)
+
+    relayed = relay(scanner, split_at(body, cuts))
+
+    assert relayed == expected
+    assert scanner.usage == STREAMS[name][0]
+    assert scanner.model == STREAMS[name][1]
+    assert scanner.chunks_seen == STREAMS[name][2]
+    assert scanner.finished
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from([*USAGE_CHUNK_STREAMS, "openai_responses_stream_1.sse"]),
+    line_end=st.sampled_from([b"\r\n", b"\r"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=6_000), max_size=30),
+)
+def test_crlf_and_cr_streams_split_anywhere(
+    name: str, line_end: bytes, cuts: list[int]
+) -> None:
+    body = recorded(name).replace(b"\n", line_end)
+    expected = body
+    if "responses" not in name:
+        blank = line_end * 2
+        expected = blank.join(
+            e for e in body.split(blank) if b'"choices":[],"usage":{' not in e
+        )
+    scanner = scanner_for(name, hide=True)
+
+    relayed = relay(scanner, split_at(body, cuts))
+
+    assert relayed == expected
+    assert scanner.usage == STREAMS[name][0]
+    assert scanner.finished
+
+
+def test_comments_event_lines_and_multiline_data_are_understood() -> None:
+    body = (
+        b": keep-alive\n\n"
+        b'event: message\ndata: {"model": "m-1", "choices": [{"delta": {}}],\n'
+        b'data:  "usage": null}\n\n'
+        b": ping\n"
+        b'data: {"choices": [],\n'
+        b'data: "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
+        b"data:[DONE]\n\n"
+    )
+    scanner = StreamScanner(hide_usage_chunk=True)
+
+    relayed = relay(scanner, [body])
+
+    assert scanner.usage == Usage(3, 0, 2, 0, 5)
+    assert scanner.model == "m-1"
+    assert scanner.finished
+    assert scanner.chunks_seen == 2
+    assert b"prompt_tokens" not in relayed
+    assert relayed.endswith(b"data:[DONE]\n\n")
+
+
+def test_done_inside_content_does_not_end_the_stream() -> None:
+    scanner = StreamScanner()
+
+    scanner.feed(b'data: {"choices":[{"delta":{"content":"[DONE]"}}]}\n\n')
+
+    assert not scanner.finished
+    assert scanner.chunks_seen == 1
+
+
+def test_done_without_a_final_blank_line_is_seen_at_close() -> None:
+    scanner = StreamScanner(hide_usage_chunk=True)
+
+    relayed = scanner.feed(b"data: [DONE]")
+
+    assert relayed == b""
+    assert scanner.close() == b"data: [DONE]"
+    assert scanner.finished
+
+
+def test_only_the_incomplete_trailing_event_is_held_back() -> None:
+    scanner = StreamScanner(hide_usage_chunk=True)
+
+    first = scanner.feed(b'data: {"a":1}\n\ndata: {"b"')
+    second = scanner.feed(b":2}\n")
+    third = scanner.feed(b"\n")
+
+    assert first == b'data: {"a":1}\n\n'
+    assert second == b""
+    assert third == b'data: {"b":2}\n\n'
+
+
+def test_a_trailing_cr_waits_for_a_possible_lf() -> None:
+    chunk = b'data: {"choices":[],"usage":{"prompt_tokens":1}}\r\n\r'
+    scanner = StreamScanner(hide_usage_chunk=True)
+
+    first = scanner.feed(chunk)
+    second = scanner.feed(b"\ndata: [DONE]\r\n\r\n")
+
+    assert first == b""
+    assert second == b"data: [DONE]\r\n\r\n"
+    assert scanner.usage == Usage(1, 0, 0, 0, 1)
+
+
+def test_a_broken_usage_event_is_relayed_and_ignored() -> None:
+    body = b'data: {"choices":[],"usage":{"prompt_tokens":1\n\ndata: [DONE]\n\n'
+    scanner = StreamScanner(hide_usage_chunk=True)
+
+    relayed = relay(scanner, [body])
+
+    assert relayed == body
+    assert scanner.usage is None
+    assert scanner.finished
+
+
+def test_later_usage_replaces_earlier_and_null_never_clears() -> None:
+    scanner = StreamScanner()
+
+    scanner.feed(b'data: {"usage":{"prompt_tokens":1}}\n\n')
+    scanner.feed(b'data: {"usage":{"prompt_tokens":2}}\n\n')
+    scanner.feed(b'data: {"usage":null}\n\n')
+
+    assert scanner.usage == Usage(2, 0, 0, 0, 2)
+
+
+@pytest.mark.parametrize("kind", ["response.incomplete", "response.failed"])
+def test_responses_stream_ends_on_incomplete_and_failed(kind: str) -> None:
+    event = {
+        "type": kind,
+        "response": {
+            "model": "gpt-x",
+            "usage": {"input_tokens": 4, "output_tokens": 1},
+        },
+    }
+    scanner = StreamScanner(responses_api=True)
+
+    scanner.feed(
+        b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+    )
+
+    assert scanner.finished
+    assert scanner.usage == Usage(4, 0, 1, 0, 5)
+    assert scanner.model == "gpt-x"
+
+
+def test_responses_usage_outside_a_final_event_is_not_taken() -> None:
+    event = {"type": "response.in_progress", "response": {"usage": {"input_tokens": 4}}}
+    scanner = StreamScanner(responses_api=True)
+
+    scanner.feed(b"data: " + orjson.dumps(event) + b"\n\n")
+
+    assert scanner.usage is None
+    assert not scanner.finished
+
+
+def test_events_without_usage_are_never_parsed(monkeypatch) -> None:
+    calls = []
+    real_loads = orjson.loads
+
+    def counting_loads(data):
+        calls.append(data)
+        return real_loads(data)
+
+    monkeypatch.setattr(sse.orjson, "loads", counting_loads)
+    body = recorded("deepseek_reasoner_stream_1.sse")
+
+    StreamScanner().feed(body)
+
+    assert len(calls) == 1
+
+
+def test_an_endless_event_is_relayed_unscanned_with_bounded_memory() -> None:
+    scanner = StreamScanner(hide_usage_chunk=True)
+    piece = b"data: " + b"x" * (64 * 1024 - 6)
+    relayed = []
+
+    for _ in range(40):
+        relayed.append(scanner.feed(piece))
+    after = scanner.feed(
+        b'\n\ndata: {"choices":[],"usage":{"prompt_tokens":7}}\n\ndata: [DONE]\n\n'
+    )
+
+    held = 40 * len(piece) - sum(map(len, relayed))
+    assert held == 0
+    assert len(scanner._tail) <= 2
+    assert after == b"\n\ndata: [DONE]\n\n"
+    assert scanner.usage == Usage(7, 0, 0, 0, 7)
+
+
+def test_a_usage_event_past_the_cap_is_not_scanned() -> None:
+    padding = b" " * (MAX_EVENT_BYTES + 1000)
+    event = b'data: {"choices":[],' + padding + b'"usage":{"prompt_tokens":7}}\n\n'
+    scanner = StreamScanner(hide_usage_chunk=True)
+
+    relayed = relay(scanner, [event[:-100], event[-100:]])
+
+    assert relayed == event
+    assert scanner.usage is None
+
+
+def test_feed_after_close_passes_through() -> None:
+    scanner = StreamScanner(hide_usage_chunk=True)
+    scanner.close()
+    data = b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\n'
+
+    assert scanner.feed(data) is data
+    assert scanner.close() == b""
+
+
+def test_a_scanner_bug_never_reaches_the_relay(monkeypatch, caplog) -> None:
+    def broken(*args):
+        raise RuntimeError("bug")
+
+    scanner = StreamScanner(hide_usage_chunk=True)
+    held = scanner.feed(b"data: {")
+    monkeypatch.setattr(StreamScanner, "_scan", broken)
+
+    with caplog.at_level(logging.ERROR, logger="gateway.sse"):
+        relayed = scanner.feed(b"}\n\ndata: {}\n\n")
+
+    assert held + relayed + scanner.close() == b"data: {}\n\ndata: {}\n\n"
+    assert scanner.feed(b"more") == b"more"
+    assert "stream scanner failed" in caplog.text
+
+
+def test_empty_reads_are_returned_as_they_are() -> None:
+    scanner = StreamScanner(hide_usage_chunk=True)
+
+    assert scanner.feed(b"") == b""
+
+
+fragments = st.sampled_from(
+    [
+        b"data: ",
+        b"data:",
+        b"event: x",
+        b": c",
+        b"\n",
+        b"\r",
+        b"\r\n",
+        b"[DONE]",
+        b'"usage"',
+        b'"usage":{',
+        b'"usage": {"prompt_tokens": 5}',
+        b'"choices":[]',
+        b'"model":"',
+        b'"model": "m"',
+        b"{",
+        b"}",
+        b",",
+        b'"response.completed"',
+        b'"type":"response.failed"',
+        b"\\",
+        b"\xff",
+    ]
+)
+garbage = st.lists(fragments | st.binary(max_size=6), max_size=60).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=garbage | st.binary(max_size=300),
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=10),
+    hide=st.booleans(),
+    responses_api=st.booleans(),
+)
+def test_arbitrary_bytes_never_raise_and_lose_nothing(
+    body: bytes, cuts: list[int], hide: bool, responses_api: bool
+) -> None:
+    scanner = StreamScanner(responses_api=responses_api, hide_usage_chunk=hide)
+    reads = split_at(body, cuts)
+
+    relayed = [scanner.feed(read) for read in reads]
+    relayed.append(scanner.close())
+
+    if not scanner.hide_usage_chunk:
+        assert all(out is read for out, read in zip(relayed, reads, strict=False))
+    joined = b"".join(relayed)
+    if scanner.usage is None:
+        assert joined == body
+    assert len(joined) <= len(body)
