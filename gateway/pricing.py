@@ -1,0 +1,295 @@
+"""
+What a call cost, in USD, from its usage.
+
+Prices come from two places, in this order:
+
+1. ``[pricing."<model>"]`` in the configuration. The key is matched against the
+   model the upstream reported, exactly; failing that, against that name with a
+   ``-YYYY-MM-DD`` snapshot suffix removed, so that an override for
+   ``gpt-4o-mini`` also prices the ``gpt-4o-mini-2024-07-18`` that OpenAI
+   reports back. An override for the dated name wins over the undated one.
+2. The price catalog bundled with ``genai-prices``, read offline (the gateway
+   never starts its updater). It knows dated snapshots, cached-input rates,
+   tiered prices and price changes over time, including DeepSeek's off-peak
+   hours, so every call is priced at its own timestamp.
+
+Cached input tokens are priced at the cached rate and the rest of the input at
+the input rate; reasoning tokens are part of the output and priced once. The
+arithmetic is Decimal throughout, and each part is rounded to 12 places (the
+``numeric(20,12)`` columns), half to even; the total is the sum of the rounded
+parts, so it always equals input plus output.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Context, Decimal
+
+import genai_prices
+from genai_prices import data_snapshot
+from genai_prices import types as catalog
+
+from gateway.config import ModelPrice
+from gateway.usage import MAX_TOKENS, Usage
+
+log = logging.getLogger(__name__)
+
+SOURCE_CONFIG = "config"
+SOURCE_CATALOG = "genai-prices"
+
+USD_PLACES = Decimal("1e-12")
+
+# Caches keyed by model name stop growing here: names come from outside.
+MAX_CACHED_MODELS = 4096
+
+_DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+# Counts are capped at MAX_TOKENS (13 digits) and prices have a handful of
+# digits, so 40 digits hold every product exactly.
+_CONTEXT = Context(prec=40, rounding=ROUND_HALF_EVEN)
+_ZERO = Decimal(0)
+
+# Catalog price keys the gateway prices itself. Any other key that a reported
+# usage could touch (a text-only input rate, a separate reasoning rate, a
+# per-request fee) sends the call through genai-prices' own calculation.
+_FAST_KEYS = frozenset({"input_mtok", "cache_read_mtok", "output_mtok"})
+# Parts of the name of a catalog price key that measures something the usage
+# never reports (audio, images, cache writes, searches, ...), so it adds nothing.
+_UNREPORTED = ("audio", "image", "video", "cache_write", "searches", "executions")
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    # Uncached input at the input rate plus cached input at the cached rate.
+    input_usd: Decimal
+    output_usd: Decimal
+    total_usd: Decimal
+    # Which prices were used: SOURCE_CONFIG or SOURCE_CATALOG.
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class _CatalogModel:
+    provider: catalog.Provider
+    model: catalog.ModelInfo
+    # True when input, cached input and output rates are all that apply.
+    is_simple: bool
+
+
+class PriceBook:
+    """
+    The prices of every model, from the configuration and the catalog.
+
+    Catalog matches are cached per (provider, model); the rates themselves are
+    resolved at each call's timestamp, which costs a list scan.
+    """
+
+    def __init__(self, overrides: Mapping[str, ModelPrice]) -> None:
+        self._overrides = dict(overrides)
+        self._override_for: dict[str, ModelPrice | None] = {}
+        self._catalog_for: dict[tuple[str | None, str], _CatalogModel | None] = {}
+        self._snapshot = data_snapshot.get_snapshot()
+        self._warned: set[str] = set()
+        self._unknown_providers: set[str] = set()
+
+    def cost(
+        self, model: str, usage: Usage, *, provider: str | None, at: datetime
+    ) -> Cost | None:
+        """
+        Return what *usage* of *model* cost at *at*, or None when unpriced.
+
+        *provider* is the catalog's provider id (``openai``, ``deepseek``);
+        None, or an id the catalog does not know, finds it from the model name.
+        A naive *at* is taken as UTC.
+        """
+        input_tokens, cached_tokens, output_tokens, reasoning_tokens = _counts(usage)
+
+        override = self._override(model)
+        if override is not None:
+            cached_rate = override.cached_input
+            return _price(
+                input_tokens - cached_tokens,
+                cached_tokens,
+                output_tokens,
+                override.input,
+                override.input if cached_rate is None else cached_rate,
+                override.output,
+                SOURCE_CONFIG,
+            )
+
+        found = self._catalog_model(provider, model)
+        if found is None:
+            self._warn_unpriced(model, provider)
+            return None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        if not found.is_simple:
+            return self._price_by_catalog(
+                found, input_tokens, cached_tokens, output_tokens, reasoning_tokens, at
+            )
+
+        rates = found.model.get_prices(at)
+        input_rate = _rate(rates.input_mtok, input_tokens)
+        cached_rate = _rate(rates.cache_read_mtok, input_tokens)
+        return _price(
+            input_tokens - cached_tokens,
+            cached_tokens,
+            output_tokens,
+            input_rate,
+            input_rate if cached_rate is None else cached_rate,
+            _rate(rates.output_mtok, input_tokens) or _ZERO,
+            SOURCE_CATALOG,
+        )
+
+    def _override(self, model: str) -> ModelPrice | None:
+        try:
+            return self._override_for[model]
+        except KeyError:
+            pass
+        price = self._overrides.get(model)
+        if price is None:
+            undated = _DATE_SUFFIX.sub("", model)
+            if undated != model:
+                price = self._overrides.get(undated)
+        if len(self._override_for) < MAX_CACHED_MODELS:
+            self._override_for[model] = price
+
+        return price
+
+    def _catalog_model(self, provider: str | None, model: str) -> _CatalogModel | None:
+        key = (provider, model)
+        try:
+            return self._catalog_for[key]
+        except KeyError:
+            pass
+        found = self._find_in_catalog(provider, model)
+        if len(self._catalog_for) < MAX_CACHED_MODELS:
+            self._catalog_for[key] = found
+
+        return found
+
+    def _find_in_catalog(
+        self, provider: str | None, model: str
+    ) -> _CatalogModel | None:
+        snapshot = self._snapshot
+        if provider is not None:
+            try:
+                snapshot.find_provider(None, provider, None)
+            except LookupError:
+                if provider not in self._unknown_providers:
+                    self._unknown_providers.add(provider)
+                    log.info(
+                        "provider %s is not in the price catalog, "
+                        "matching its models by name",
+                        provider,
+                    )
+                provider = None
+        try:
+            found_provider, found_model = snapshot.find_provider_model(
+                model, None, provider, None
+            )
+        except LookupError:
+            return None
+
+        return _CatalogModel(found_provider, found_model, _is_simple(found_model))
+
+    def _price_by_catalog(
+        self,
+        found: _CatalogModel,
+        input_tokens: int,
+        cached_tokens: int,
+        output_tokens: int,
+        reasoning_tokens: int,
+        at: datetime,
+    ) -> Cost | None:
+        usage = genai_prices.Usage(
+            input_tokens=input_tokens,
+            cache_read_tokens=cached_tokens,
+            output_tokens=output_tokens,
+            output_reasoning_tokens=reasoning_tokens,
+        )
+        try:
+            price = found.model.calc_price(
+                usage, found.provider, genai_request_timestamp=at
+            )
+        except ValueError:
+            self._warn_unpriced(found.model.id, found.provider.id)
+            return None
+        input_usd = price.input_price.quantize(USD_PLACES, context=_CONTEXT)
+        output_usd = price.output_price.quantize(USD_PLACES, context=_CONTEXT)
+
+        return Cost(input_usd, output_usd, input_usd + output_usd, SOURCE_CATALOG)
+
+    def _warn_unpriced(self, model: str, provider: str | None) -> None:
+        if model in self._warned or len(self._warned) >= MAX_CACHED_MODELS:
+            return
+        self._warned.add(model)
+        log.warning(
+            "no price for model %s (provider %s): its calls are recorded without cost",
+            model,
+            provider or "any",
+        )
+
+
+def _counts(usage: Usage) -> tuple[int, int, int, int]:
+    """The four counts of *usage*, each within 0..MAX_TOKENS and its whole."""
+    input_tokens = min(max(usage.input_tokens, 0), MAX_TOKENS)
+    output_tokens = min(max(usage.output_tokens, 0), MAX_TOKENS)
+    cached_tokens = min(max(usage.cached_input_tokens, 0), input_tokens)
+    reasoning_tokens = min(max(usage.reasoning_tokens, 0), output_tokens)
+    return input_tokens, cached_tokens, output_tokens, reasoning_tokens
+
+
+def _price(
+    uncached_tokens: int,
+    cached_tokens: int,
+    output_tokens: int,
+    input_rate: Decimal | None,
+    cached_rate: Decimal | None,
+    output_rate: Decimal,
+    source: str,
+) -> Cost:
+    # Rates are USD per million tokens: multiply, then shift six places.
+    ctx = _CONTEXT
+    input_usd = ctx.add(
+        ctx.multiply(input_rate or _ZERO, uncached_tokens),
+        ctx.multiply(cached_rate or _ZERO, cached_tokens),
+    )
+    input_usd = input_usd.scaleb(-6, ctx).quantize(USD_PLACES, context=ctx)
+    output_usd = ctx.multiply(output_rate, output_tokens)
+    output_usd = output_usd.scaleb(-6, ctx).quantize(USD_PLACES, context=ctx)
+
+    return Cost(input_usd, output_usd, ctx.add(input_usd, output_usd), source)
+
+
+def _rate(price: object, input_tokens: int) -> Decimal | None:
+    """The per-million rate of one catalog price for a call of *input_tokens*."""
+    if isinstance(price, catalog.TieredPrices):
+        # The catalog's tiers are cliffs: past a tier's start, every token of
+        # the call is priced at that tier's rate.
+        for tier in reversed(price.tiers):
+            if input_tokens > tier.start:
+                return tier.price
+        return price.base
+    if isinstance(price, Decimal):
+        return price
+    return None
+
+
+def _is_simple(model: catalog.ModelInfo) -> bool:
+    """Whether every price of *model* is made of rates the gateway applies itself."""
+    if isinstance(model.prices, catalog.ModelPrice):
+        prices = [model.prices]
+    else:
+        prices = [conditional.prices for conditional in model.prices]
+    for price in prices:
+        for key, value in vars(price).items():
+            if value is None or key in _FAST_KEYS:
+                continue
+            if not any(part in key for part in _UNREPORTED):
+                return False
+    return True
