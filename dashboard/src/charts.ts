@@ -303,7 +303,6 @@ function historyConfig(): ChartConfiguration<"line", number[], string> {
           yAxisID: "tokens",
           tension: 0.3,
           borderWidth: 2,
-          borderDash: [5, 4],
         },
       ],
     },
@@ -312,7 +311,13 @@ function historyConfig(): ChartConfiguration<"line", number[], string> {
       plugins: {
         legend: {
           position: "bottom",
-          labels: { boxWidth: 12, boxHeight: 12, padding: 10 },
+          labels: {
+            usePointStyle: true,
+            pointStyle: "circle",
+            boxWidth: 8,
+            boxHeight: 8,
+            padding: 14,
+          },
         },
         tooltip: {
           callbacks: {

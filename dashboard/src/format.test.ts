@@ -7,6 +7,7 @@ import {
   formatInteger,
   formatMs,
   formatPercent,
+  formatSince,
   formatTimestamp,
   formatTokens,
   formatTokensShort,
@@ -132,6 +133,15 @@ describe("times", () => {
 
     expect(formatTimestamp("2026-12-03T08:30:00Z", now, "UTC")).toBe("08:30:00");
     expect(formatTimestamp("2026-12-02T23:15:00Z", now, "UTC")).toBe("Dec 2, 23:15");
+  });
+
+  it("gives the start of a period as a clock today and as a day before", () => {
+    const now = new Date("2026-12-03T12:00:00Z");
+
+    expect(formatSince("2026-12-03T06:00:00+00:00", now, "UTC")).toBe("06:00");
+    expect(formatSince("2026-11-27T00:00:00+00:00", now, "UTC")).toBe("Nov 27");
+    expect(formatSince("2025-06-01T00:00:00+00:00", now, "UTC")).toBe("Jun 1, 2025");
+    expect(formatSince(null, now)).toBe(MISSING);
   });
 
   it("formats a history day without moving it across time zones", () => {

@@ -159,6 +159,35 @@ export function formatTimestamp(
   }).format(date);
 }
 
+/** The start of a period: `06:00` when it is on the day of *now*, else `Dec 2`. */
+export function formatSince(
+  value: Date | string | null | undefined,
+  now: Date = new Date(),
+  timeZone?: string,
+): string {
+  const date = toDate(value);
+  if (date === null) {
+    return MISSING;
+  }
+  const zone = timeZone === undefined ? {} : { timeZone };
+  const day = new Intl.DateTimeFormat(LOCALE, { dateStyle: "short", ...zone });
+  if (day.format(date) === day.format(now)) {
+    return new Intl.DateTimeFormat(LOCALE, {
+      hour: "2-digit",
+      minute: "2-digit",
+      hourCycle: "h23",
+      ...zone,
+    }).format(date);
+  }
+  const year = new Intl.DateTimeFormat(LOCALE, { year: "numeric", ...zone });
+  return new Intl.DateTimeFormat(LOCALE, {
+    month: "short",
+    day: "numeric",
+    ...(year.format(date) === year.format(now) ? {} : { year: "numeric" }),
+    ...zone,
+  }).format(date);
+}
+
 /** A calendar day from the history API (`2026-12-03`) as `Dec 3`. */
 export function formatDay(isoDay: string): string {
   const match = /^(\d{4})-(\d{2})-(\d{2})$/.exec(isoDay);

@@ -31,6 +31,7 @@ import {
   formatInteger,
   formatMs,
   formatPercent,
+  formatSince,
   formatTimestamp,
   formatTokens,
   formatTokensShort,
@@ -109,6 +110,7 @@ interface State {
   lastAttempt: Date | null;
   problem: "unreachable" | "unauthorized" | null;
   timer: number | undefined;
+  refreshes: number;
 }
 
 const tokens = browserTokenStore(localStorage);
@@ -123,6 +125,7 @@ const state: State = {
   lastAttempt: null,
   problem: null,
   timer: undefined,
+  refreshes: 0,
 };
 
 let charts: Charts;
@@ -136,14 +139,11 @@ function renderUsage(usage: Usage): void {
   setKpi("avg-tokens", formatInteger(usage.avg_tokens_per_call), usage.avg_tokens_per_call);
   setKpi("avg-latency", formatMs(usage.avg_response_time_ms), usage.avg_response_time_ms);
 
-  const cached =
-    usage.cached_input_tokens > 0
-      ? ` (${formatTokensShort(usage.cached_input_tokens)} cached)`
-      : "";
-  setText(
-    '[data-detail="tokens"]',
-    `in ${formatTokensShort(usage.input_tokens)}${cached} · out ${formatTokensShort(usage.output_tokens)}`,
-  );
+  const tokensDetail = one<HTMLElement>('[data-detail="tokens"]');
+  tokensDetail.textContent = `${formatTokensShort(usage.input_tokens)} in · ${formatTokensShort(usage.output_tokens)} out`;
+  tokensDetail.title =
+    `${formatInteger(usage.input_tokens)} input (${formatInteger(usage.cached_input_tokens)} cached), ` +
+    `${formatInteger(usage.output_tokens)} output (${formatInteger(usage.reasoning_tokens)} reasoning)`;
   const models = Object.keys(usage.breakdown_by_model).length;
   setText('[data-detail="cost"]', `${models} ${models === 1 ? "model" : "models"}`);
   const errors = usage.errors_count;
@@ -169,7 +169,7 @@ function describeRange(usage: Usage): string {
   if (usage.from === null) {
     return name;
   }
-  return `${name} · since ${formatTimestamp(usage.from)}`;
+  return `${name} · since ${formatSince(usage.from)}`;
 }
 
 function renderBudget(name: "daily" | "monthly", budget: Budget): void {
@@ -204,7 +204,7 @@ function renderBudget(name: "daily" | "monthly", budget: Budget): void {
 
 function renderSession(session: Usage): void {
   setKpi("session-cost", formatUsd(session.total_cost_usd), session.total_cost_usd);
-  const since = session.from === null ? "" : ` since ${formatTimestamp(session.from)}`;
+  const since = session.from === null ? "" : ` · since ${formatSince(session.from)}`;
   setText('[data-detail="session"]', `${formatInteger(session.api_calls_count)} calls${since}`);
 }
 
@@ -241,8 +241,11 @@ function cycleRow(cycle: Cycle, now: Date): HTMLTableRowElement {
     cell(formatInteger(cycle.calls), "num"),
     cell(formatTokensShort(cycle.tokens), "num"),
     cell(formatUsd(cycle.cost), "num"),
-    cell(cycle.tickers.join(", ") || MISSING, cycle.tickers.length ? "" : "dim"),
-    cell(cycle.purposes.join(", ") || MISSING, cycle.purposes.length ? "" : "dim"),
+    cell(cycle.tickers.join(", ") || MISSING, cycle.tickers.length ? "wide-only" : "wide-only dim"),
+    cell(
+      cycle.purposes.join(", ") || MISSING,
+      cycle.purposes.length ? "wide-only" : "wide-only dim",
+    ),
   );
   return row;
 }
@@ -260,11 +263,11 @@ function callRow(call: Call, now: Date): HTMLTableRowElement {
   row.append(
     time,
     model,
-    cell(call.purpose ?? MISSING, call.purpose === null ? "dim" : ""),
-    cell(call.ticker ?? MISSING, call.ticker === null ? "dim" : ""),
+    cell(call.purpose ?? MISSING, call.purpose === null ? "wide-only dim" : "wide-only"),
+    cell(call.ticker ?? MISSING, call.ticker === null ? "wide-only dim" : "wide-only"),
     cell(formatTokensShort(call.tokens), "num"),
     cost,
-    cell(formatMs(call.response_time_ms), "num"),
+    cell(formatMs(call.response_time_ms), "num wide-only"),
     cell(String(call.status), call.status >= 400 ? "num bad" : "num"),
   );
   return row;
@@ -422,6 +425,8 @@ async function refresh(): Promise<void> {
 
   renderProblem();
   renderStatus();
+  // Lets a browser test wait for a refresh to land instead of sleeping.
+  document.body.dataset["refreshes"] = String(++state.refreshes);
   if (state.problem === "unauthorized") {
     window.clearTimeout(state.timer);
     askForToken();
