@@ -11,7 +11,11 @@ Prices come from two places, in this order:
 2. The price catalog bundled with ``genai-prices``, read offline (the gateway
    never starts its updater). It knows dated snapshots, cached-input rates,
    tiered prices and price changes over time, including DeepSeek's off-peak
-   hours, so every call is priced at its own timestamp.
+   hours, so every call is priced at its own timestamp. With a provider id,
+   only that provider's models (and those it resells) are searched; a
+   provider id the catalog does not know prices nothing, since a self-hosted
+   upstream priced at some cloud's rates would be silently wrong. Without one,
+   the catalog picks the provider from the model name.
 
 Cached input tokens are priced at the cached rate and the rest of the input at
 the input rate; reasoning tokens are part of the output and priced once. The
@@ -102,9 +106,8 @@ class PriceBook:
         """
         Return what *usage* of *model* cost at *at*, or None when unpriced.
 
-        *provider* is the catalog's provider id (``openai``, ``deepseek``);
-        None, or an id the catalog does not know, finds it from the model name.
-        A naive *at* is taken as UTC.
+        *provider* is the catalog's provider id (``openai``, ``deepseek``), or
+        None to find it from the model name. A naive *at* is taken as UTC.
         """
         input_tokens, cached_tokens, output_tokens, reasoning_tokens = _counts(usage)
 
@@ -180,14 +183,17 @@ class PriceBook:
             try:
                 snapshot.find_provider(None, provider, None)
             except LookupError:
-                if provider not in self._unknown_providers:
+                if (
+                    provider not in self._unknown_providers
+                    and len(self._unknown_providers) < MAX_CACHED_MODELS
+                ):
                     self._unknown_providers.add(provider)
-                    log.info(
-                        "provider %s is not in the price catalog, "
-                        "matching its models by name",
+                    log.warning(
+                        "provider %s is not in the price catalog: set the "
+                        "upstream's provider or add [pricing] entries",
                         provider,
                     )
-                provider = None
+                return None
         try:
             found_provider, found_model = snapshot.find_provider_model(
                 model, None, provider, None

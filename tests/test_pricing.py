@@ -185,12 +185,28 @@ def test_the_catalog_finds_the_provider_from_the_model_name() -> None:
     )
 
 
-def test_a_provider_the_catalog_does_not_know_is_matched_by_model() -> None:
+def test_a_provider_the_catalog_does_not_know_prices_nothing(caplog) -> None:
+    """A self-hosted upstream is not priced at some cloud's rates."""
+    book = PriceBook({})
     usage = Usage(input_tokens=1000, output_tokens=100)
 
-    assert catalog_cost("gpt-4o-mini", usage, "my_gateway") == catalog_cost(
-        "gpt-4o-mini", usage, "openai"
-    )
+    with caplog.at_level(logging.WARNING, logger="gateway.pricing"):
+        cost = book.cost("gpt-4o-mini", usage, provider="my_vllm", at=NOON)
+        again = book.cost("llama-3-70b", usage, provider="my_vllm", at=NOON)
+
+    assert cost is again is None
+    assert "provider my_vllm is not in the price catalog" in caplog.text
+    assert caplog.text.count("my_vllm is not in") == 1
+
+
+def test_a_reseller_prices_the_models_it_resells() -> None:
+    usage = Usage(input_tokens=1000, output_tokens=100)
+
+    cost = catalog_cost("gpt-4o-mini", usage, "azure")
+
+    # Azure's own gpt-4o-mini rates, or OpenAI's where the catalog falls back.
+    assert cost is not None
+    assert cost.source == SOURCE_CATALOG
 
 
 def test_an_override_wins_over_the_catalog() -> None:
