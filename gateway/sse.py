@@ -101,6 +101,7 @@ class StreamScanner:
         if self._broken or self._closed or not data:
             return data
         held = len(self._tail)
+        is_holding = self.hide_usage_chunk and not self._oversized
         try:
             return self._feed(data)
         # A bug here must cost the call its usage, not its response: relay
@@ -108,7 +109,7 @@ class StreamScanner:
         except Exception:
             log.exception("stream scanner failed, relaying the rest unscanned")
             self._broken = True
-            if self.hide_usage_chunk and not self._oversized:
+            if is_holding:
                 data = bytes(self._tail[:held]) + data
             self._tail = bytearray()
             return data

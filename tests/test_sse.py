@@ -407,3 +407,38 @@ def test_arbitrary_bytes_never_raise_and_lose_nothing(
     if scanner.usage is None:
         assert joined == body
     assert len(joined) <= len(body)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(USAGE_CHUNK_STREAMS),
+    where=st.lists(st.integers(min_value=0, max_value=12), max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=9_000), max_size=20),
+)
+def test_keep_alives_between_events_pass_through(
+    name: str, where: list[int], cuts: list[int]
+) -> None:
+    events = recorded(name).split(b"\n\n")
+    for at in sorted(where, reverse=True):
+        events.insert(min(at, len(events) - 1), b": keep-alive")
+    body = b"\n\n".join(events)
+    scanner = scanner_for(name, hide=True)
+
+    relayed = relay(scanner, split_at(body, cuts))
+
+    assert relayed == without_usage_chunk(body)
+    assert relayed.count(b": keep-alive\n\n") == len(where)
+    assert scanner.usage == STREAMS[name][0]
+    assert scanner.chunks_seen == STREAMS[name][2]
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=9_000), max_size=20))
+def test_without_hiding_every_read_is_returned_as_it_came(cuts: list[int]) -> None:
+    body = recorded("openai_chat_stream_usage_2.sse")
+    reads = split_at(body, cuts)
+    scanner = StreamScanner()
+
+    relayed = [scanner.feed(read) for read in reads]
+
+    assert all(out is read for out, read in zip(relayed, reads, strict=True))
+    assert scanner.usage == STREAMS["openai_chat_stream_usage_2.sse"][0]
