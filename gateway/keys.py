@@ -12,6 +12,7 @@ from gateway.clock import Clock
 from gateway.config import Settings
 from gateway.db import Database
 from gateway.metrics import Metrics
+from gateway.pricing import PriceBook
 from gateway.recorder import Recorder
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -28,3 +29,5 @@ TASKS = web.AppKey("tasks", set[Any])
 # Checks a proxied call must pass before it goes upstream, called with its
 # tags (purpose, ticker, cycle); a check refuses by raising a GatewayError.
 ADMISSION = web.AppKey("admission", list[Callable[[dict[str, str | None]], None]])
+# The prices of every model, shared by everything that prices a call.
+PRICES = web.AppKey("prices", PriceBook)
