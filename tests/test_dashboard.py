@@ -470,11 +470,16 @@ class PageDriver:
                 if report.get("event") == event:
                     return report
 
-    async def send(self, command: str, event: str) -> dict[str, Any]:
+    async def read_after(self, command: str, event: str) -> dict[str, Any]:
+        """Send *command* and return the *event* it reports."""
         assert self.process.stdin is not None
         self.process.stdin.write(f"{command}\n".encode())
         await self.process.stdin.drain()
-        return (await self.read(event))["report"]
+        return await self.read(event)
+
+    async def send(self, command: str, event: str) -> dict[str, Any]:
+        """Send *command* and return the page report of the *event* it ends with."""
+        return (await self.read_after(command, event))["report"]
 
 
 @contextlib.asynccontextmanager
@@ -596,6 +601,26 @@ async def test_page_shows_the_api_figures(dashboard_target, chromium) -> None:
 
     assert (ARTIFACTS / "dashboard-375.png").stat().st_size > 0
     assert (ARTIFACTS / "dashboard-1280.png").stat().st_size > 0
+
+
+@pytest.mark.browser
+async def test_period_and_history_range_are_selectable(
+    dashboard_target, chromium
+) -> None:
+    target = dashboard_target
+    week = await target.api("/api/token-usage?period=week")
+
+    async with open_page(target, chromium) as page:
+        await page.read("loaded")
+        shown_week = await page.read_after("period week", "period")
+        shown_days = await page.read_after("days 30", "days")
+
+    tokens = shown_week["report"]["kpis"]["tokens"]
+    assert float(tokens["value"]) == week["total_tokens"]
+    assert shown_week["report"]["periodRange"].startswith("This week")
+    assert "/api/token-usage?period=week" in shown_week["apiRequests"]
+    assert "/api/token-usage/history?days=30" in shown_days["apiRequests"]
+    assert shown_days["report"]["charts"]["chart-history"]["painted"] > 2000
 
 
 @pytest.mark.browser

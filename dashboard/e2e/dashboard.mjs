@@ -7,6 +7,8 @@
 // stdin, one per line:
 //
 //   refresh   click "Refresh" and report once the refresh has landed
+//   period P  click the period button P (week, month...) and report
+//   days N    pick N days of history and report
 //   stale     wait for the "cannot reach the gateway" banner, then report
 //   quit      close the browser and exit
 //
@@ -74,9 +76,12 @@ async function run() {
     }
   });
   const apiAuthorization = [];
+  const apiRequests = [];
   page.on("request", (request) => {
-    if (new URL(request.url()).pathname.startsWith("/api/")) {
+    const requested = new URL(request.url());
+    if (requested.pathname.startsWith("/api/")) {
       apiAuthorization.push(request.headers()["authorization"] ?? null);
+      apiRequests.push(`${requested.pathname}${requested.search}`);
     }
   });
 
@@ -114,17 +119,19 @@ async function run() {
   const commands = readline.createInterface({ input: process.stdin });
   for await (const line of commands) {
     const command = line.trim();
-    if (command === "refresh") {
-      const before = await refreshCount(page);
-      await page.click("#refresh-now");
-      await page.waitForFunction(
-        (count) => Number(document.body.dataset.refreshes ?? 0) > count,
-        before,
-        { timeout: WAIT_MS },
-      );
-      await settle(page);
+    const [name, argument] = command.split(/\s+/);
+    if (name === "refresh") {
+      await afterRefresh(page, () => page.click("#refresh-now"));
       emit("refreshed", { report: await inspect(page) });
-    } else if (command === "stale") {
+    } else if (name === "period") {
+      apiRequests.length = 0;
+      await afterRefresh(page, () => page.click(`[data-period="${argument}"]`));
+      emit("period", { report: await inspect(page), apiRequests: [...apiRequests] });
+    } else if (name === "days") {
+      apiRequests.length = 0;
+      await afterRefresh(page, () => page.selectOption("#history-days", argument));
+      emit("days", { report: await inspect(page), apiRequests: [...apiRequests] });
+    } else if (name === "stale") {
       await page.waitForSelector("#banner:not([hidden])", { timeout: WAIT_MS });
       await settle(page);
       await shoot(page, "dashboard-1280-unreachable.png");
@@ -133,7 +140,7 @@ async function run() {
       await shoot(page, "dashboard-375-unreachable.png");
       await page.setViewportSize({ width: 1280, height: 900 });
       emit("stale", { report: await inspect(page) });
-    } else if (command === "quit") {
+    } else if (name === "quit") {
       break;
     } else if (command) {
       emit("error", { message: `unknown command ${command}` });
@@ -159,15 +166,21 @@ async function answerTokenForm(page) {
   if (!adminToken) {
     throw new Error("the page asked for an admin token and ADMIN_TOKEN is not set");
   }
-  const before = await refreshCount(page);
   await page.fill("#token-input", adminToken);
-  await page.click("#token-form button[type=submit]");
+  await afterRefresh(page, () => page.click("#token-form button[type=submit]"));
+  return true;
+}
+
+/** Run *action*, then wait until the refresh it starts has landed. */
+async function afterRefresh(page, action) {
+  const before = await refreshCount(page);
+  await action();
   await page.waitForFunction(
     (count) => Number(document.body.dataset.refreshes ?? 0) > count,
     before,
     { timeout: WAIT_MS },
   );
-  return true;
+  await settle(page);
 }
 
 function refreshCount(page) {
