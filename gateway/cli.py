@@ -17,6 +17,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.config import Settings, load_settings
+from gateway.demo import add_demo_command
 from gateway.errors import ConfigError
 
 log = logging.getLogger("gateway")
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve_parser.add_argument("--port", type=int, help="port to bind (default 5611)")
     command("migrate", migrate, "apply pending database migrations and exit")
+    add_demo_command(command)
     return parser
 
 
