@@ -275,6 +275,8 @@ class CannedApi:
         }
     )
     authorization: list[str | None] = field(default_factory=list)
+    # Paths that answer 500, to show a section that failed on its own.
+    failing: set[str] = field(default_factory=set)
 
     def usage(self, period: str) -> dict[str, Any]:
         start = self.now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -390,6 +392,14 @@ class CannedApi:
                     "param": None,
                 }
                 return web.json_response({"error": error}, status=401)
+            if request.path in self.failing:
+                error = {
+                    "message": "statistics query failed",
+                    "type": "server_error",
+                    "code": "internal_error",
+                    "param": None,
+                }
+                return web.json_response({"error": error}, status=500)
         return await handler(request)
 
     def app(self, build: Path) -> web.Application:
@@ -598,6 +608,19 @@ async def test_page_shows_the_api_figures(dashboard_target, chromium) -> None:
 
             check_budgets(refreshed["budgets"], target.canned.budgets)
             assert refreshed["budgets"]["daily"]["state"] == "113% · over"
+
+            target.canned.failing = {"/api/token-usage/calls"}
+            partial = await page.send("refresh", "refreshed")
+            target.canned.failing = set()
+            recovered = await page.send("refresh", "refreshed")
+
+            assert partial["bannerVisible"]
+            assert "latest calls (statistics query failed" in partial["bannerText"]
+            assert partial["staleSections"] == ["calls"]
+            assert not partial["bodyStale"]
+            assert partial["lastRefresh"].startswith("Partly updated")
+            assert not recovered["bannerVisible"]
+            assert recovered["staleSections"] == []
 
     assert (ARTIFACTS / "dashboard-375.png").stat().st_size > 0
     assert (ARTIFACTS / "dashboard-1280.png").stat().st_size > 0

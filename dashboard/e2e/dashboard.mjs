@@ -271,6 +271,11 @@ function inspect(page) {
       bannerVisible: visible(banner),
       bannerText: text(banner),
       bodyStale: document.body.classList.contains("is-stale"),
+      staleSections: Array.from(
+        new Set(
+          Array.from(document.querySelectorAll("[data-stale]")).map((item) => item.dataset.section),
+        ),
+      ),
       lastRefresh: text(document.querySelector("#last-refresh")),
       periodRange: text(document.querySelector("#period-range")),
       viewportWidth: window.innerWidth,

@@ -50,6 +50,14 @@ const DEFAULT_REFRESH_MS = 60_000;
 const PERIOD_KEY = "tallygate.period";
 const HISTORY_KEY = "tallygate.historyDays";
 
+const SECTION_NAMES: Record<Section, string> = {
+  usage: "period totals",
+  session: "session cost",
+  history: "daily history",
+  cycles: "latest cycles",
+  calls: "latest calls",
+};
+
 const PERIOD_NAMES: Record<SelectablePeriod, string> = {
   today: "Today",
   week: "This week",
@@ -108,7 +116,9 @@ interface State {
   generation: number;
   lastSuccess: Date | null;
   lastAttempt: Date | null;
-  problem: "unreachable" | "unauthorized" | null;
+  problem: "unreachable" | "unauthorized" | "partial" | null;
+  // Sections whose last answer was an error, with the error, for the banner.
+  failed: [Section, string][];
   timer: number | undefined;
   refreshes: number;
 }
@@ -124,6 +134,7 @@ const state: State = {
   lastSuccess: null,
   lastAttempt: null,
   problem: null,
+  failed: [],
   timer: undefined,
   refreshes: 0,
 };
@@ -233,6 +244,16 @@ function fillTable(selector: string, rows: HTMLTableRowElement[], emptyText: str
   body.replaceChildren(...rows);
 }
 
+function renderCycles(cycles: Cycle[], now: Date): void {
+  const rows = cycles.map((cycle) => cycleRow(cycle, now));
+  fillTable("#cycles-table", rows, "No cycles recorded yet");
+}
+
+function renderCalls(calls: Call[], now: Date): void {
+  const rows = calls.map((call) => callRow(call, now));
+  fillTable("#calls-table", rows, "No calls recorded yet");
+}
+
 function cycleRow(cycle: Cycle, now: Date): HTMLTableRowElement {
   const row = document.createElement("tr");
   row.append(
@@ -313,9 +334,11 @@ function hideBanner(): void {
 function renderStatus(now: Date = new Date()): void {
   const dot = byId("status-dot");
   const label = byId("last-refresh");
+  const isStale = state.problem === "unreachable" || state.problem === "unauthorized";
   dot.classList.toggle("is-ok", state.problem === null && state.lastSuccess !== null);
-  dot.classList.toggle("is-stale", state.problem !== null);
-  document.body.classList.toggle("is-stale", state.problem !== null);
+  dot.classList.toggle("is-partial", state.problem === "partial");
+  dot.classList.toggle("is-stale", isStale);
+  document.body.classList.toggle("is-stale", isStale);
 
   if (state.lastSuccess === null) {
     label.textContent = state.problem === null ? "Loading…" : "No data yet";
@@ -324,13 +347,27 @@ function renderStatus(now: Date = new Date()): void {
   }
   const when = formatClock(state.lastSuccess);
   const ago = formatAgo(state.lastSuccess, now);
-  label.textContent = state.problem === null ? `Updated ${when}` : `Stale · from ${when} (${ago})`;
+  if (state.problem === null) {
+    label.textContent = `Updated ${when}`;
+  } else if (state.problem === "partial") {
+    label.textContent = `Partly updated ${when}`;
+  } else {
+    label.textContent = `Stale · from ${when} (${ago})`;
+  }
   label.title = `Last successful refresh ${state.lastSuccess.toISOString()}`;
 }
 
 function renderProblem(): void {
   if (state.problem === null) {
     hideBanner();
+    return;
+  }
+  if (state.problem === "partial") {
+    const failures = state.failed.map(([section, error]) => `${SECTION_NAMES[section]} (${error})`);
+    showBanner(
+      `Some figures could not be loaded: ${failures.join("; ")}. They are greyed out and not current.`,
+      { label: "Retry now", run: () => void refresh() },
+    );
     return;
   }
   const since =
@@ -397,30 +434,25 @@ async function refresh(): Promise<void> {
   } else if (errors.some((error) => error instanceof UnauthorizedError)) {
     state.problem = "unauthorized";
   } else {
-    state.problem = null;
-  }
-
-  if (state.problem === null) {
     const now = new Date();
     if (usage.ok) renderUsage(usage.value);
     if (session.ok) renderSession(session.value);
     if (history.ok) renderHistory(history.value);
-    if (cycles.ok)
-      fillTable(
-        "#cycles-table",
-        cycles.value.cycles.map((item) => cycleRow(item, now)),
-        "No cycles recorded yet",
-      );
-    if (calls.ok)
-      fillTable(
-        "#calls-table",
-        calls.value.calls.map((item) => callRow(item, now)),
-        "No calls recorded yet",
-      );
+    if (cycles.ok) renderCycles(cycles.value.cycles, now);
+    if (calls.ok) renderCalls(calls.value.calls, now);
+    state.failed = [];
     for (const [section, outcome] of outcomes) {
-      markSection(section, outcome.ok ? null : describeError(outcome.error));
+      const error = outcome.ok ? null : describeError(outcome.error);
+      markSection(section, error);
+      if (error !== null) {
+        state.failed.push([section, error]);
+      }
     }
-    state.lastSuccess = now;
+    state.problem = state.failed.length > 0 ? "partial" : null;
+    // A refresh where nothing loaded brought nothing newer to the page.
+    if (state.failed.length < outcomes.length) {
+      state.lastSuccess = now;
+    }
   }
 
   renderProblem();
