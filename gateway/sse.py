@@ -19,8 +19,9 @@ Where usage sits:
   ``response.incomplete`` or ``response.failed``.
 
 With ``hide_usage_chunk`` (the gateway asked for usage the client did not ask
-for) the usage-only chunk is removed whole, so the client receives the bytes it
-would have received without the gateway. Nothing else is ever changed.
+for) the usage-only chunk is removed whole, and the ``,"usage":null`` that
+asking adds to every other chunk is cut out, so the client receives the bytes
+it would have received without the gateway. Nothing else is ever changed.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ _FINAL_TYPES = frozenset(
 )
 _FINAL_TOKENS = tuple(f'"{name}"'.encode() for name in sorted(_FINAL_TYPES))
 
+# What include_usage adds to every chunk but the last. Inside a JSON string a
+# quote is escaped, so an unescaped match is always a real key.
+_NULL_USAGE = b',"usage":null'
 # Bytes that may sit between a JSON key and its value.
 _KEY_GAP = b" \t:"
 _LINE_ENDS = b"\r\n"
@@ -103,7 +107,10 @@ class StreamScanner:
         held = len(self._tail)
         is_holding = self.hide_usage_chunk and not self._oversized
         try:
-            return self._feed(data)
+            out = self._feed(data)
+            if self.hide_usage_chunk and _NULL_USAGE in out:
+                out = out.replace(_NULL_USAGE, b"")
+            return out
         # A bug here must cost the call its usage, not its response: relay
         # what was held and everything after it unscanned.
         except Exception:
@@ -130,7 +137,7 @@ class StreamScanner:
         if not self.hide_usage_chunk or dropped:
             return b""
 
-        return bytes(tail)
+        return bytes(tail).replace(_NULL_USAGE, b"")
 
     def _feed(self, data: bytes) -> bytes:
         tail = self._tail

@@ -51,11 +51,14 @@ def scanner_for(name: str, *, hide: bool = False) -> StreamScanner:
 
 
 def without_usage_chunk(body: bytes) -> bytes:
-    """The stream as the client would have had it, cut by hand at LF LF."""
+    """
+    The stream as the client would have had it, cut by hand at LF LF: no
+    usage-only chunk, and no ``"usage":null`` on the others.
+    """
     events = body.split(b"\n\n")
     kept = [e for e in events if b'"choices":[],"usage":{' not in e]
     assert len(kept) == len(events) - 1
-    return b"\n\n".join(kept)
+    return b"\n\n".join(e.replace(b',"usage":null', b"") for e in kept)
 
 
 def relay(scanner: StreamScanner, reads: list[bytes]) -> bytes:
@@ -109,11 +112,20 @@ def test_usage_on_a_chunk_with_choices_is_never_removed(name: str) -> None:
     body = recorded(name)
     scanner = scanner_for(name, hide=True)
 
-    relayed = scanner.feed(body)
+    relayed = relay(scanner, [body])
 
-    assert relayed is body
-    assert scanner.close() == b""
+    assert relayed == hidden(name, body)
+    assert b'"usage":{' in relayed or b'"usage"' not in body
     assert scanner.usage == STREAMS[name][0]
+
+
+def hidden(name: str, body: bytes) -> bytes:
+    """What a client that never asked for usage receives of *body*."""
+    if name in USAGE_CHUNK_STREAMS:
+        return without_usage_chunk(body)
+    if "responses" in name:
+        return body
+    return body.replace(b',"usage":null', b"")
 
 
 @settings(max_examples=60, deadline=None)
@@ -126,9 +138,7 @@ def test_any_split_into_reads_gives_the_same_usage_and_bytes(
     name: str, hide: bool, cuts: list[int]
 ) -> None:
     body = recorded(name)
-    expected = body
-    if hide and name in USAGE_CHUNK_STREAMS:
-        expected = without_usage_chunk(body)
+    expected = hidden(name, body) if hide else body
     scanner = scanner_for(name, hide=hide)
 
     relayed = relay(scanner, split_at(body, cuts))
@@ -154,7 +164,9 @@ def test_crlf_and_cr_streams_split_anywhere(
     if "responses" not in name:
         blank = line_end * 2
         expected = blank.join(
-            e for e in body.split(blank) if b'"choices":[],"usage":{' not in e
+            e.replace(b',"usage":null', b"")
+            for e in body.split(blank)
+            if b'"choices":[],"usage":{' not in e
         )
     scanner = scanner_for(name, hide=True)
 
