@@ -275,8 +275,9 @@ class CannedApi:
         }
     )
     authorization: list[str | None] = field(default_factory=list)
-    # Paths that answer 500, to show a section that failed on its own.
+    # Paths that answer 500, or 200 with a body of the wrong shape.
     failing: set[str] = field(default_factory=set)
+    malformed: set[str] = field(default_factory=set)
 
     def usage(self, period: str) -> dict[str, Any]:
         start = self.now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -400,6 +401,8 @@ class CannedApi:
                     "param": None,
                 }
                 return web.json_response({"error": error}, status=500)
+            if request.path in self.malformed:
+                return web.json_response({"unexpected": True})
         return await handler(request)
 
     def app(self, build: Path) -> web.Application:
@@ -610,13 +613,15 @@ async def test_page_shows_the_api_figures(dashboard_target, chromium) -> None:
             assert refreshed["budgets"]["daily"]["state"] == "113% · over"
 
             target.canned.failing = {"/api/token-usage/calls"}
+            target.canned.malformed = {"/api/token-usage/history"}
             partial = await page.send("refresh", "refreshed")
-            target.canned.failing = set()
+            target.canned.failing = target.canned.malformed = set()
             recovered = await page.send("refresh", "refreshed")
 
             assert partial["bannerVisible"]
             assert "latest calls (statistics query failed" in partial["bannerText"]
-            assert partial["staleSections"] == ["calls"]
+            assert "daily history (unexpected answer" in partial["bannerText"]
+            assert partial["staleSections"] == ["history", "calls"]
             assert not partial["bodyStale"]
             assert partial["lastRefresh"].startswith("Partly updated")
             assert not recovered["bannerVisible"]

@@ -400,6 +400,24 @@ async function settle<T>(promise: Promise<T>): Promise<Outcome<T>> {
   }
 }
 
+/**
+ * Render a section's answer, turning a failure to render into that
+ * section's error: an answer of an unexpected shape must not stop the
+ * refresh loop or leave the rest of the page unrendered.
+ */
+function show<T>(outcome: Outcome<T>, render: (value: T) => void): Outcome<void> {
+  if (!outcome.ok) {
+    return outcome;
+  }
+  try {
+    render(outcome.value);
+    return { ok: true, value: undefined };
+  } catch (error) {
+    console.warn("could not render an API answer", error);
+    return { ok: false, error: new Error(`unexpected answer: ${describeError(error)}`) };
+  }
+}
+
 function schedule(): void {
   window.clearTimeout(state.timer);
   state.timer = window.setTimeout(() => void refresh(), state.refreshMs);
@@ -421,27 +439,24 @@ async function refresh(): Promise<void> {
     return;
   }
 
-  const outcomes: [Section, Outcome<unknown>][] = [
-    ["usage", usage],
-    ["session", session],
-    ["history", history],
-    ["cycles", cycles],
-    ["calls", calls],
-  ];
-  const errors = outcomes.flatMap(([, outcome]) => (outcome.ok ? [] : [outcome.error]));
+  const errors = [usage, session, history, cycles, calls].flatMap((outcome) =>
+    outcome.ok ? [] : [outcome.error],
+  );
   if (errors.some((error) => error instanceof UnreachableError)) {
     state.problem = "unreachable";
   } else if (errors.some((error) => error instanceof UnauthorizedError)) {
     state.problem = "unauthorized";
   } else {
     const now = new Date();
-    if (usage.ok) renderUsage(usage.value);
-    if (session.ok) renderSession(session.value);
-    if (history.ok) renderHistory(history.value);
-    if (cycles.ok) renderCycles(cycles.value.cycles, now);
-    if (calls.ok) renderCalls(calls.value.calls, now);
+    const shown: [Section, Outcome<void>][] = [
+      ["usage", show(usage, renderUsage)],
+      ["session", show(session, renderSession)],
+      ["history", show(history, renderHistory)],
+      ["cycles", show(cycles, (value) => renderCycles(value.cycles, now))],
+      ["calls", show(calls, (value) => renderCalls(value.calls, now))],
+    ];
     state.failed = [];
-    for (const [section, outcome] of outcomes) {
+    for (const [section, outcome] of shown) {
       const error = outcome.ok ? null : describeError(outcome.error);
       markSection(section, error);
       if (error !== null) {
@@ -450,7 +465,7 @@ async function refresh(): Promise<void> {
     }
     state.problem = state.failed.length > 0 ? "partial" : null;
     // A refresh where nothing loaded brought nothing newer to the page.
-    if (state.failed.length < outcomes.length) {
+    if (state.failed.length < shown.length) {
       state.lastSuccess = now;
     }
   }
