@@ -1,0 +1,96 @@
+"""
+The smallest aiohttp relay we can write: the floor for a Python gateway.
+
+It forwards the method, path, headers and body, relays the answer chunk by
+chunk as it arrives, and reads nothing of either: no JSON, no usage, no
+records. One pooled ``ClientSession`` and uvloop, like the gateway.
+
+    python -m benchmarks.relay --port 18002 --upstream http://127.0.0.1:18001
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import aiohttp
+from aiohttp import hdrs, web
+
+from benchmarks.upstream import run
+
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+# Hop-by-hop headers (RFC 9110 section 7.6.1) plus the framing ones the two
+# sides set for themselves.
+SKIPPED = frozenset(
+    h.lower()
+    for h in (
+        hdrs.CONNECTION,
+        hdrs.KEEP_ALIVE,
+        hdrs.PROXY_AUTHENTICATE,
+        hdrs.PROXY_AUTHORIZATION,
+        hdrs.TE,
+        hdrs.TRAILER,
+        hdrs.TRANSFER_ENCODING,
+        hdrs.UPGRADE,
+        hdrs.HOST,
+        hdrs.CONTENT_LENGTH,
+    )
+)
+
+
+def create_app(upstream: str) -> web.Application:
+    base = upstream.rstrip("/")
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in SKIPPED}
+        async with request.app[SESSION].request(
+            request.method,
+            base + request.rel_url.raw_path_qs,
+            data=body,
+            headers=headers,
+        ) as reply:
+            response = web.StreamResponse(
+                status=reply.status,
+                headers={
+                    k: v for k, v in reply.headers.items() if k.lower() not in SKIPPED
+                },
+            )
+            if reply.content_length is not None:
+                response.content_length = reply.content_length
+            # A client that hangs up (wrk at the end of a cell) is normal.
+            with contextlib.suppress(ConnectionResetError):
+                await response.prepare(request)
+                async for chunk in reply.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+        return response
+
+    async def session_context(app: web.Application):
+        connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=None)
+        async with aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(600),
+        ) as session:
+            app[SESSION] = session
+            yield
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_context)
+    app.router.add_route("*", "/{tail:.*}", relay)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18002)
+    parser.add_argument("--upstream", default="http://127.0.0.1:18001")
+    args = parser.parse_args()
+    run(create_app(args.upstream), args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
