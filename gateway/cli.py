@@ -19,6 +19,7 @@ from gateway import __version__
 from gateway.config import Settings, load_settings
 from gateway.demo import add_demo_command
 from gateway.errors import ConfigError
+from gateway.report import add_report_command
 
 log = logging.getLogger("gateway")
 
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--port", type=int, help="port to bind (default 5611)")
     command("migrate", migrate, "apply pending database migrations and exit")
     add_demo_command(command)
+    add_report_command(command)
     return parser
 
 
