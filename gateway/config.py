@@ -165,6 +165,11 @@ class BudgetSettings(Section):
     purposes: dict[str, PurposeBudget] = Field(
         default_factory=dict, description="Limits for one purpose."
     )
+    refresh_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often spend is re-read from the database (other replicas').",
+    )
 
     @field_validator("alert_thresholds")
     @classmethod
@@ -179,6 +184,9 @@ class AlertSettings(Section):
         None, description="JSON POST (Slack-compatible) for each alert."
     )
     retry_max_s: float = Field(300.0, gt=0, description="Give up on an alert after.")
+    retry_initial_s: float = Field(
+        1.0, gt=0, description="First wait before an alert is sent again, seconds."
+    )
 
 
 class TelegramSettings(Section):
