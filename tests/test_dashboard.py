@@ -581,6 +581,8 @@ async def test_page_shows_the_api_figures(dashboard_target, chromium) -> None:
         assert not wide["bannerVisible"]
         assert wide["lastRefresh"].startswith("Updated")
         assert narrow["scrollWidth"] <= narrow["viewportWidth"] == 375
+        narrowest = loaded["narrowest"]
+        assert narrowest["scrollWidth"] <= narrowest["viewportWidth"] == 360
         assert loaded["pageErrors"] == []
 
         if target.admin_token:

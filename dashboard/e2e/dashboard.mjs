@@ -105,6 +105,12 @@ async function run() {
   await settle(page);
   await shoot(page, "dashboard-375.png");
   const narrow = await inspect(page);
+  await page.setViewportSize({ width: 360, height: 740 });
+  await settle(page);
+  const narrowest = await inspect(page);
+  await page.setViewportSize({ width: 1920, height: 1080 });
+  await settle(page);
+  await shoot(page, "dashboard-1920.png");
   await page.setViewportSize({ width: 1280, height: 900 });
   await settle(page);
 
@@ -112,6 +118,7 @@ async function run() {
     askedForToken,
     wide,
     narrow,
+    narrowest,
     pageErrors: [...pageErrors],
     apiAuthorization: [...apiAuthorization],
   });
