@@ -1,0 +1,198 @@
+"""
+A proxied call as data: what the client asked for, and what became of it.
+
+The proxy fills a ``Call`` in as the call goes (status, usage, timings, how it
+ended) and turns it into exactly one ``UsageRecord`` at the end. The request
+side is read here too: the gateway key, the bounded body, and the few options
+of an accounted body that the gateway must see (``model``, ``stream``,
+``stream_options``).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import BodyTooLarge, Unauthorized
+from gateway.pricing import PriceBook
+from gateway.record import UsageRecord
+from gateway.routing import USAGE_OPTION_ENDPOINTS, Target
+from gateway.sse import StreamScanner
+from gateway.tags import CallTags
+from gateway.upstream import Upstream
+from gateway.usage import Usage, estimate_tokens, model_name, usage_from_body
+
+UNKNOWN_MODEL = "unknown"
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One proxied call, filled in as it goes; the record is built from it."""
+
+    request_id: str
+    target: Target
+    upstream: Upstream
+    # A POST to an accounted endpoint: priced and recorded.
+    accounted: bool
+    tags: CallTags
+    # True when the client presented a gateway key, not an upstream key.
+    gateway_keyed: bool
+    key_label: str | None
+    body: bytes
+    # The size of the body the client sent, for estimates.
+    request_bytes: int
+    requested_model: str | None = None
+    hide_usage_chunk: bool = False
+    # Outcome, as far as it got.
+    status: int = 0
+    streamed: bool = False
+    usage: Usage | None = None
+    reported_model: str | None = None
+    usage_complete: bool = True
+    usage_estimated: bool = False
+    # Output tokens to estimate when usage never came (stream chunks seen).
+    output_estimate: int = 0
+    error: str | None = None
+    # Seconds spent waiting on the upstream and on the client.
+    upstream_s: float = 0.0
+    client_s: float = 0.0
+    first_byte_s: float | None = None
+
+
+def check_gateway_key(
+    headers: Mapping[str, str], keys: list[tuple[bytes, str]]
+) -> str | None:
+    """
+    Return the label of the gateway key presented; None when keys are off.
+
+    Raise Unauthorized when keys are configured and none of them was sent.
+    """
+    if not keys:
+        return None
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    presented = token.strip().encode()
+    matched = False
+    label = ""
+    # Every key is compared, each in constant time, so timing tells nothing.
+    for key, key_label in keys:
+        if hmac.compare_digest(presented, key):
+            matched, label = True, key_label
+    if not matched or scheme.lower() != "bearer":
+        raise Unauthorized(
+            "a valid gateway key is required: Authorization: Bearer <key>"
+        )
+    return label or None
+
+
+async def read_body(request: web.Request, max_bytes: int) -> bytes:
+    """Return the whole request body; raise BodyTooLarge past *max_bytes*."""
+    size = request.content_length
+    if size is not None and size > max_bytes:
+        raise BodyTooLarge(f"the request body is over {max_bytes} bytes")
+    if not request.body_exists:
+        return b""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BodyTooLarge(f"the request body is over {max_bytes} bytes") from exc
+
+
+def read_call_options(rest: str, body: bytes) -> tuple[str | None, bytes | None]:
+    """
+    Return the requested model and, when usage must be asked for, the new body.
+
+    A body that is not a JSON object is forwarded as it is: the upstream
+    answers it the way it would without the gateway.
+    """
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    model = model_name(obj.get("model"))
+    if rest not in USAGE_OPTION_ENDPOINTS or obj.get("stream") is not True:
+        return model, None
+    options = obj.get("stream_options")
+    if options is None:
+        options = {}
+    elif not isinstance(options, dict) or options.get("include_usage") is True:
+        # Already asked for, or not ours to fix: the upstream judges it.
+        return model, None
+    obj["stream_options"] = {**options, "include_usage": True}
+
+    return model, orjson.dumps(obj)
+
+
+def take_body_usage(call: Call, body: bytes) -> None:
+    """Take the usage and model of a whole answer *body* into *call*."""
+    usage, model = usage_from_body(body)
+    call.reported_model = model
+    call.usage = usage
+    if usage is None and 200 <= call.status < 300:
+        # A success without usage: bill what the sizes suggest, say so.
+        call.usage_complete = False
+        call.output_estimate = estimate_tokens(len(body))
+        call.error = "no_usage"
+
+
+def take_stream_usage(call: Call, scanner: StreamScanner) -> None:
+    """Take what *scanner* saw of a stream, however it ended, into *call*."""
+    call.reported_model = scanner.model
+    call.usage = scanner.usage
+    if scanner.usage is None:
+        call.usage_complete = False
+        call.output_estimate = scanner.chunks_seen
+        if call.error is None and 200 <= call.status < 300:
+            call.error = "no_usage" if scanner.finished else "upstream_reset"
+
+
+def build_record(
+    call: Call, prices: PriceBook, timestamp: datetime, elapsed_s: float
+) -> UsageRecord:
+    """Return the one record of *call*, priced at *timestamp*."""
+    usage = call.usage
+    if usage is None:
+        usage = Usage()
+        if not call.usage_complete:
+            # Never silently zero: what was sent and seen, marked as estimated.
+            usage.input_tokens = estimate_tokens(call.request_bytes)
+            usage.output_tokens = call.output_estimate
+            usage.total_tokens = usage.input_tokens + usage.output_tokens
+            call.usage_estimated = True
+    model = call.reported_model or call.requested_model or UNKNOWN_MODEL
+    upstream = call.upstream
+    cost = prices.cost(model, usage, provider=upstream.provider, at=timestamp)
+    tags = call.tags
+    return UsageRecord(
+        request_id=call.request_id,
+        timestamp=timestamp,
+        model=model,
+        upstream=upstream.name,
+        endpoint=call.target.endpoint,
+        status=call.status,
+        streamed=call.streamed,
+        input_tokens=usage.input_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        output_tokens=usage.output_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        total_tokens=usage.total_tokens,
+        input_cost_usd=cost.input_usd if cost else None,
+        output_cost_usd=cost.output_usd if cost else None,
+        total_cost_usd=cost.total_usd if cost else None,
+        price_source=cost.source if cost else None,
+        usage_complete=call.usage_complete,
+        usage_estimated=call.usage_estimated,
+        purpose=tags.purpose,
+        ticker=tags.ticker,
+        cycle_id=tags.cycle_id,
+        tags=tags.tags,
+        response_time_ms=elapsed_s * 1000,
+        key_label=call.key_label,
+        error=call.error,
+    )

@@ -1,0 +1,323 @@
+"""
+The proxy handler: forward a call unchanged, relay its answer, record its usage.
+
+One call, in order:
+
+1. ``admit``: the raw path is checked and split (``routing``), the tag headers
+   read (``tags``), the gateway key checked when keys are configured, the body
+   read (bounded) and, for the accounted endpoints only, parsed for ``model``
+   and ``stream``; routing picks the upstream; the admission checks (budgets)
+   run. Anything refused here never reaches an upstream.
+2. ``relay``: the request goes out on the upstream's pooled session. A JSON
+   answer is read whole and its usage taken from it; an event stream is
+   relayed read by read through the ``StreamScanner``, nothing held back.
+3. ``forward``'s ``finally``: one ``UsageRecord`` for every accounted call,
+   however it ended (answered, refused upstream, cut short, cancelled),
+   priced at the call's start and handed to the recorder, which never blocks.
+
+Only ``chat/completions``, ``completions``, ``embeddings`` and ``responses``
+are recorded; other ``/v1`` paths (models, files, ...) are relayed the same
+way without a row, since they carry no token usage. For the accounted ones
+the gateway asks upstream for an uncompressed answer (it must read the usage);
+other paths pass ``Accept-Encoding`` through and relay compressed bytes as-is.
+
+A streamed chat or legacy completion whose client did not set
+``stream_options.include_usage`` gets it set upstream, and the scanner removes
+the usage-only chunk that this adds, so the client sees what it would have
+seen without the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from time import perf_counter
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.calls import (
+    Call,
+    build_record,
+    check_gateway_key,
+    read_body,
+    read_call_options,
+    take_body_usage,
+    take_stream_usage,
+)
+from gateway.config import Settings
+from gateway.errors import GatewayError, UpstreamError
+from gateway.keys import ADMISSION, CLOCK, METRICS, PRICES, RECORDER, SETTINGS
+from gateway.pricing import PriceBook
+from gateway.routing import (
+    ACCOUNTED_ENDPOINTS,
+    RESPONSES_ENDPOINT,
+    Router,
+    split_target,
+)
+from gateway.sse import StreamScanner
+from gateway.tags import REQUEST_ID_HEADER, read_request_id, read_tags
+from gateway.upstream import (
+    Upstream,
+    headers_for_client,
+    headers_for_upstream,
+    open_sessions,
+    upstream_errors,
+)
+
+log = logging.getLogger(__name__)
+
+EVENT_STREAM = "text/event-stream"
+# Failures that mean the request never left the gateway.
+NEVER_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
+class Proxy:
+    """What every proxied call shares: routing, upstreams, keys and prices."""
+
+    def __init__(self, settings: Settings, prices: PriceBook) -> None:
+        self.router = Router(settings.upstreams, settings.default_upstream)
+        self.upstreams = {
+            name: Upstream.from_settings(name, upstream)
+            for name, upstream in settings.upstreams.items()
+        }
+        self.prices = prices
+        self.max_body_bytes = settings.server.max_body_bytes
+        self.gateway_keys = [
+            (key.key.get_secret_value().encode(), key.label)
+            for key in settings.server.gateway_keys
+        ]
+
+
+PROXY = web.AppKey("proxy", Proxy)
+
+
+def setup(app: web.Application) -> None:
+    """Route ``/v1/...`` and ``/<upstream>/v1/...`` through the proxy."""
+    settings = app[SETTINGS]
+    app[PRICES] = PriceBook(settings.pricing)
+    proxy = Proxy(settings, app[PRICES])
+    app[PROXY] = proxy
+
+    async def sessions(app: web.Application) -> AsyncIterator[None]:
+        async with open_sessions(proxy.upstreams.values()):
+            yield
+
+    app.cleanup_ctx.append(sessions)
+    app.router.add_route("*", "/v1/{rest:.*}", forward)
+    for name in settings.upstreams:
+        app.router.add_route("*", f"/{name}/v1/{{rest:.*}}", forward)
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    """Proxy one call and record it; the handler of every proxied route."""
+    started = perf_counter()
+    app = request.app
+    try:
+        call = await admit(request, app[PROXY])
+    except GatewayError as exc:
+        app[METRICS].rejected[exc.code] += 1
+        raise
+    timestamp = app[CLOCK]()
+    try:
+        return await relay(request, call)
+    except UpstreamError as exc:
+        call.status, call.error = exc.status, exc.code
+        # Refused connections cost nothing; after sending, the upstream may
+        # have done (and billed) the work, so the tokens are estimated.
+        call.usage_complete = isinstance(exc.__cause__, NEVER_SENT)
+        log.warning("%s: %s", call.target.endpoint, exc.message)
+        return exc.response({REQUEST_ID_HEADER: call.request_id})
+    finally:
+        elapsed_s = perf_counter() - started
+        if call.accounted:
+            submit_record(app, call, timestamp, elapsed_s)
+        log.info(
+            "%s %s -> %s %d %s %.0f ms",
+            request.method,
+            call.target.endpoint,
+            call.target.upstream,
+            call.status,
+            call.reported_model or call.requested_model or "-",
+            elapsed_s * 1000,
+        )
+
+
+async def admit(request: web.Request, proxy: Proxy) -> Call:
+    """Check and read the request; return the call, or raise why it is refused."""
+    path = split_target(request.raw_path)
+    headers = request.headers
+    tags = read_tags(headers)
+    request_id = read_request_id(headers)
+    key_label = check_gateway_key(headers, proxy.gateway_keys)
+    body = await read_body(request, proxy.max_body_bytes)
+
+    # A GET on an accounted path (none exists today) is relayed without a row.
+    accounted = request.method == "POST" and path.rest in ACCOUNTED_ENDPOINTS
+    model: str | None = None
+    hide_usage_chunk = False
+    if accounted and body:
+        model, changed = read_call_options(path.rest, body)
+        if changed is not None:
+            body, hide_usage_chunk = changed, True
+    target = proxy.router.resolve(path, model)
+
+    if accounted:
+        for check in request.app[ADMISSION]:
+            check(tags.admission_view())
+    return Call(
+        request_id=request_id,
+        target=target,
+        upstream=proxy.upstreams[target.upstream],
+        accounted=accounted,
+        tags=tags,
+        gateway_keyed=bool(proxy.gateway_keys),
+        key_label=key_label,
+        body=body,
+        request_bytes=request.content_length or len(body),
+        requested_model=model,
+        hide_usage_chunk=hide_usage_chunk,
+    )
+
+
+async def relay(request: web.Request, call: Call) -> web.StreamResponse:
+    """Send *call* upstream and relay its answer to the client."""
+    upstream = call.upstream
+    assert upstream.session is not None, "upstream sessions open on startup"
+    headers = headers_for_upstream(
+        request.headers,
+        drop_authorization=call.gateway_keyed,
+        identity_encoding=call.accounted,
+    )
+    if upstream.authorization is not None and "Authorization" not in headers:
+        headers["Authorization"] = upstream.authorization
+    headers[REQUEST_ID_HEADER] = call.request_id
+
+    sent = perf_counter()
+    with upstream_errors(upstream.name):
+        reply = await upstream.session.request(
+            request.method,
+            URL(call.target.url, encoded=True),
+            headers=headers,
+            data=call.body or None,
+            allow_redirects=False,
+        )
+    call.upstream_s = perf_counter() - sent
+    call.status = reply.status
+    try:
+        answer_headers = headers_for_client(reply.headers)
+        answer_headers[REQUEST_ID_HEADER] = call.request_id
+        if reply.content_type == EVENT_STREAM:
+            return await relay_stream(request, call, reply, answer_headers, sent)
+        return await relay_whole(call, reply, answer_headers)
+    finally:
+        reply.release()
+
+
+async def relay_whole(
+    call: Call, reply: aiohttp.ClientResponse, headers: CIMultiDict[str]
+) -> web.Response:
+    """Read a whole answer, take its usage, and return it as it came."""
+    waited = perf_counter()
+    with upstream_errors(call.upstream.name):
+        body = await reply.read()
+    call.upstream_s += perf_counter() - waited
+    if call.accounted:
+        take_body_usage(call, body)
+
+    return web.Response(
+        status=reply.status, reason=reply.reason, body=body, headers=headers
+    )
+
+
+async def relay_stream(
+    request: web.Request,
+    call: Call,
+    reply: aiohttp.ClientResponse,
+    headers: CIMultiDict[str],
+    sent: float,
+) -> web.StreamResponse:
+    """Relay an event stream read by read, watching it for usage."""
+    call.streamed = True
+    scanner = (
+        StreamScanner(
+            responses_api=call.target.rest == RESPONSES_ENDPOINT,
+            hide_usage_chunk=call.hide_usage_chunk,
+        )
+        if call.accounted
+        else None
+    )
+    response = web.StreamResponse(
+        status=reply.status, reason=reply.reason, headers=headers
+    )
+    content = reply.content
+    try:
+        waited = perf_counter()
+        await response.prepare(request)
+        call.client_s += perf_counter() - waited
+        while True:
+            waited = perf_counter()
+            try:
+                data = await content.readany()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                call.error = (
+                    "upstream_timeout"
+                    if isinstance(exc, TimeoutError)
+                    else "upstream_reset"
+                )
+                log.warning(
+                    "%s: stream from %s cut: %r",
+                    call.target.endpoint,
+                    call.upstream.name,
+                    exc,
+                )
+                # Mirror the cut: the client must not take this for a full answer.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            now = perf_counter()
+            call.upstream_s += now - waited
+            if call.first_byte_s is None:
+                call.first_byte_s = now - sent
+            if not data:
+                break
+            out = scanner.feed(data) if scanner is not None else data
+            if out:
+                waited = perf_counter()
+                await response.write(out)
+                call.client_s += perf_counter() - waited
+        if scanner is not None:
+            tail = scanner.close()
+            if tail:
+                await response.write(tail)
+        await response.write_eof()
+    except ConnectionResetError:
+        call.error = "client_disconnected"
+        reply.close()
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler of a client that hung up (when
+        # handler_cancellation is on); the row is still written by forward.
+        call.error = "client_disconnected"
+        reply.close()
+        raise
+    finally:
+        if scanner is not None:
+            take_stream_usage(call, scanner)
+
+    return response
+
+
+def submit_record(
+    app: web.Application, call: Call, timestamp: datetime, elapsed_s: float
+) -> None:
+    """Hand the call's one record to the recorder and its timings to the metrics."""
+    upstream = call.upstream
+    app[RECORDER].submit(build_record(call, app[PRICES], timestamp, elapsed_s))
+    overhead_s = max(0.0, elapsed_s - call.upstream_s - call.client_s)
+    app[METRICS].observe_latency(
+        upstream.name, call.upstream_s, overhead_s, call.first_byte_s
+    )

@@ -1,0 +1,499 @@
+"""
+The proxy end to end: the official openai client, the gateway, a fake upstream.
+
+Every test checks the stored row, and its cost against a price worked out by
+hand from the published per-million rates (genai-prices' bundled catalog, at
+the fixed call time below, which is in DeepSeek's standard-price hours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import asyncpg
+import openai
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import create_app
+from gateway.keys import RECORDER
+from tests.fake_upstream import FakeUpstream
+from tests.fixtures import recorded
+
+NOW = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+CLIENT_KEY = "sk-client-secret-123"
+
+# USD per million tokens, as published (genai-prices catalog, December 2026).
+GPT_4O_MINI = (Decimal("0.15"), Decimal("0.075"), Decimal("0.6"))
+DEEPSEEK_CHAT = (Decimal("0.27"), Decimal("0.07"), Decimal("1.1"))
+GPT_35_INSTRUCT = (Decimal("1.5"), Decimal("1.5"), Decimal("2"))
+EMBEDDING_3_SMALL = (Decimal("0.02"), Decimal("0.02"), Decimal("0"))
+GPT_4 = (Decimal("30"), Decimal("30"), Decimal("60"))
+
+Gateway = Callable[..., Awaitable[TestClient]]
+
+
+def expected_cost(
+    rates: tuple[Decimal, Decimal, Decimal], input_tokens: int, cached: int, output: int
+) -> tuple[Decimal, Decimal, Decimal]:
+    """Input (uncached at the input rate, cached at the cached rate), output, total."""
+    input_rate, cached_rate, output_rate = rates
+    million = Decimal(1_000_000)
+    input_usd = ((input_tokens - cached) * input_rate + cached * cached_rate) / million
+    output_usd = output * output_rate / million
+    return input_usd, output_usd, input_usd + output_usd
+
+
+def assert_cost(row: asyncpg.Record, rates: tuple[Decimal, Decimal, Decimal]) -> None:
+    input_usd, output_usd, total_usd = expected_cost(
+        rates, row["input_tokens"], row["cached_input_tokens"], row["output_tokens"]
+    )
+    assert row["input_cost_usd"] == input_usd
+    assert row["output_cost_usd"] == output_usd
+    assert row["total_cost_usd"] == total_usd
+    assert row["price_source"] == "genai-prices"
+
+
+@pytest.fixture
+async def fake(aiohttp_server: Any) -> FakeUpstream:
+    upstream = FakeUpstream()
+    server: TestServer = await aiohttp_server(upstream.app)
+    upstream.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
+    return upstream
+
+
+@pytest.fixture
+def gateway(
+    aiohttp_client: Any, make_settings: Any, db_pool: asyncpg.Pool, fake: FakeUpstream
+) -> Gateway:
+    """Start a gateway whose openai and deepseek upstreams are the fake."""
+
+    async def start(
+        server: dict[str, Any] | None = None, **upstream: Any
+    ) -> TestClient:
+        base = fake.base_url  # type: ignore[attr-defined]
+        settings = make_settings(
+            server=server or {},
+            upstreams={
+                "openai": {"base_url": base, "default": True, **upstream},
+                "deepseek": {"base_url": base, "models": ["deepseek-*"], **upstream},
+            },
+        )
+        return await aiohttp_client(create_app(settings, clock=lambda: NOW))
+
+    return start
+
+
+@pytest.fixture
+async def rows(
+    db_pool: asyncpg.Pool,
+) -> Callable[[TestClient], Awaitable[list[asyncpg.Record]]]:
+    async def read(client: TestClient) -> list[asyncpg.Record]:
+        await client.server.app[RECORDER].flush()
+        return await db_pool.fetch(
+            'SELECT * FROM llm_usage ORDER BY "timestamp", request_id'
+        )
+
+    return read
+
+
+def openai_client(
+    client: TestClient, prefix: str = "", **kwargs: Any
+) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=str(client.make_url(f"{prefix}/v1")),
+        api_key=kwargs.pop("api_key", CLIENT_KEY),
+        max_retries=0,
+        **kwargs,
+    )
+
+
+async def direct_chunks(fake: FakeUpstream, **create: Any) -> list[dict[str, Any]]:
+    async with openai.AsyncOpenAI(
+        base_url=fake.base_url,
+        api_key=CLIENT_KEY,
+        max_retries=0,  # type: ignore[attr-defined]
+    ) as direct:
+        stream = await direct.chat.completions.create(stream=True, **create)
+        return [chunk.model_dump() async for chunk in stream]
+
+
+async def test_non_streamed_chat_is_relayed_and_recorded(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+    tags = {
+        "X-Purpose": "signal",
+        "X-Ticker": "AAPL",
+        "X-Cycle-Id": "cycle-7",
+        "X-Tag-Strategy": "momentum",
+        "X-Request-Id": "trade-42",
+    }
+
+    async with openai_client(client, default_headers=tags) as oai:
+        raw = await oai.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    completion = raw.parse()
+
+    assert completion.choices[0].message.content == fake.answer
+    assert raw.headers["x-request-id"] == "trade-42"
+    sent = fake.received[-1]
+    assert sent.headers["Authorization"] == f"Bearer {CLIENT_KEY}"
+    assert not any(
+        name.lower().startswith(("x-purpose", "x-ticker", "x-cycle", "x-tag"))
+        for name in sent.headers
+    )
+    assert sent.headers["Accept-Encoding"] == "identity"
+    (row,) = await rows(client)
+    assert row["request_id"] == "trade-42"
+    assert row["timestamp"] == NOW
+    assert row["model"] == "gpt-4o-mini-2024-07-18"
+    assert (row["upstream"], row["endpoint"], row["status"], row["streamed"]) == (
+        "openai", "/v1/chat/completions", 200, False
+    )  # fmt: skip
+    assert (row["input_tokens"], row["output_tokens"], row["total_tokens"]) == (
+        21,
+        5,
+        26,
+    )
+    assert (row["purpose"], row["ticker"], row["cycle_id"]) == (
+        "signal",
+        "AAPL",
+        "cycle-7",
+    )
+    assert row["tags"] == {"strategy": "momentum"}
+    assert row["usage_complete"]
+    assert not row["usage_estimated"]
+    assert row["error"] is None
+    assert row["response_time_ms"] > 0
+    assert_cost(row, GPT_4O_MINI)
+
+
+@pytest.mark.parametrize("stream_options", [None, {"include_usage": False}])
+async def test_stream_without_usage_asked_looks_as_without_the_gateway(
+    gateway: Gateway,
+    fake: FakeUpstream,
+    rows: Any,
+    stream_options: dict[str, Any] | None,
+) -> None:
+    client = await gateway()
+    create: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    if stream_options is not None:
+        create["stream_options"] = stream_options
+    expected = await direct_chunks(fake, **create)
+
+    async with openai_client(client) as oai:
+        stream = await oai.chat.completions.create(stream=True, **create)
+        got = [chunk.model_dump() async for chunk in stream]
+
+    assert got == expected
+    assert all(chunk["usage"] is None for chunk in got)
+    assert fake.received[-1].json()["stream_options"] == {"include_usage": True}
+    (row,) = await rows(client)
+    assert row["streamed"]
+    assert (row["input_tokens"], row["output_tokens"]) == (21, 5)
+    assert row["usage_complete"]
+    assert not row["usage_estimated"]
+    assert_cost(row, GPT_4O_MINI)
+
+
+async def test_stream_with_usage_asked_keeps_the_usage_chunk(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+    create: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream_options": {"include_usage": True},
+    }
+    expected = await direct_chunks(fake, **create)
+    fake.received.clear()
+
+    async with openai_client(client) as oai:
+        stream = await oai.chat.completions.create(stream=True, **create)
+        got = [chunk.model_dump() async for chunk in stream]
+
+    assert got == expected
+    assert got[-1]["choices"] == []
+    assert got[-1]["usage"]["prompt_tokens"] == 21
+    # The body the client sent went upstream byte for byte.
+    assert fake.received[-1].json() == {**create, "stream": True}
+    (row,) = await rows(client)
+    assert (row["input_tokens"], row["output_tokens"]) == (21, 5)
+    assert_cost(row, GPT_4O_MINI)
+
+
+async def test_legacy_completions_streamed_and_not(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+
+    async with openai_client(client) as oai:
+        whole = await oai.completions.create(
+            model="gpt-3.5-turbo-instruct", prompt="Say hi"
+        )
+        stream = await oai.completions.create(
+            model="gpt-3.5-turbo-instruct", prompt="Say hi", stream=True
+        )
+        texts = [chunk.choices[0].text async for chunk in stream]
+
+    assert whole.choices[0].text == fake.answer
+    assert "".join(texts) == fake.answer
+    recorded = await rows(client)
+    assert [r["streamed"] for r in sorted(recorded, key=lambda r: r["streamed"])] == [
+        False,
+        True,
+    ]
+    for row in recorded:
+        assert row["endpoint"] == "/v1/completions"
+        assert (row["input_tokens"], row["output_tokens"]) == (21, 5)
+        assert_cost(row, GPT_35_INSTRUCT)
+
+
+async def test_embeddings_record_prompt_tokens(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+    fake.prompt_tokens = 8
+
+    async with openai_client(client) as oai:
+        result = await oai.embeddings.create(
+            model="text-embedding-3-small", input=["a", "b"]
+        )
+
+    assert len(result.data) == 2
+    (row,) = await rows(client)
+    assert (row["endpoint"], row["input_tokens"], row["output_tokens"]) == (
+        "/v1/embeddings",
+        8,
+        0,
+    )
+    assert_cost(row, EMBEDDING_3_SMALL)
+
+
+async def test_responses_api_both_ways(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+    fake.cached_tokens = 4
+    fake.reasoning_tokens = 3
+
+    async with openai_client(client) as oai:
+        whole = await oai.responses.create(model="gpt-4o-mini", input="hi")
+        stream = await oai.responses.create(
+            model="gpt-4o-mini", input="hi", stream=True
+        )
+        kinds = [event.type async for event in stream]
+
+    assert whole.output_text == fake.answer
+    assert kinds[-1] == "response.completed"
+    assert fake.received[-1].json() == {
+        "model": "gpt-4o-mini",
+        "input": "hi",
+        "stream": True,
+    }
+    recorded = await rows(client)
+    assert len(recorded) == 2
+    for row in recorded:
+        assert row["endpoint"] == "/v1/responses"
+        assert row["model"] == "gpt-4o-mini-2024-07-18"
+        assert (row["input_tokens"], row["cached_input_tokens"]) == (21, 4)
+        assert (row["output_tokens"], row["reasoning_tokens"]) == (8, 3)
+        assert row["usage_complete"]
+        assert_cost(row, GPT_4O_MINI)
+
+
+@pytest.mark.parametrize("prefix", ["/deepseek", ""])
+async def test_deepseek_cache_hits_by_prefix_and_by_model_glob(
+    gateway: Gateway, fake: FakeUpstream, rows: Any, prefix: str
+) -> None:
+    client = await gateway()
+    fake.prompt_tokens, fake.cached_tokens = 1000, 896
+
+    async with openai_client(client, prefix) as oai:
+        whole = await oai.chat.completions.create(
+            model="deepseek-chat", messages=[{"role": "user", "content": "hi"}]
+        )
+        stream = await oai.chat.completions.create(
+            model="deepseek-chat",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+        )
+        chunks = [chunk async for chunk in stream]
+
+    assert whole.usage is not None
+    assert whole.usage.prompt_tokens == 1000
+    # DeepSeek's usage rides on its finish chunk, and the client still sees it.
+    assert chunks[-1].usage is not None
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    recorded = await rows(client)
+    assert len(recorded) == 2
+    for row in recorded:
+        assert (row["upstream"], row["model"]) == ("deepseek", "deepseek-chat")
+        assert (
+            row["input_tokens"],
+            row["cached_input_tokens"],
+            row["output_tokens"],
+        ) == (1000, 896, 5)
+        assert_cost(row, DEEPSEEK_CHAT)
+
+
+async def test_recorded_openai_stream_is_relayed_byte_for_byte(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+    body = {
+        "model": "recorded:openai_chat_stream_usage_1.sse",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+    resp = await client.post("/v1/chat/completions", json=body)
+    relayed = await resp.read()
+
+    assert relayed == recorded("openai_chat_stream_usage_1.sse")
+    (row,) = await rows(client)
+    assert (row["model"], row["input_tokens"], row["output_tokens"]) == (
+        "gpt-4-0613",
+        12,
+        5,
+    )
+    assert_cost(row, GPT_4)
+
+
+async def test_upstream_429_and_500_pass_through_with_their_headers(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+    fake.fail_next(
+        429, headers={"retry-after": "7", "x-ratelimit-remaining-requests": "0"}
+    )
+    fake.fail_next(500)
+    messages = [{"role": "user", "content": "hi"}]
+
+    async with openai_client(client) as oai:
+        with pytest.raises(openai.RateLimitError) as limited:
+            await oai.chat.completions.create(model="gpt-4o-mini", messages=messages)
+        with pytest.raises(openai.InternalServerError) as failed:
+            await oai.chat.completions.create(model="gpt-4o-mini", messages=messages)
+
+    assert limited.value.response.headers["retry-after"] == "7"
+    assert limited.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert failed.value.status_code == 500
+    recorded = await rows(client)
+    assert sorted(r["status"] for r in recorded) == [429, 500]
+    for row in recorded:
+        assert (row["input_tokens"], row["output_tokens"]) == (0, 0)
+        assert row["total_cost_usd"] == 0
+
+
+async def test_upstream_down_is_a_recorded_502(
+    aiohttp_client: Any,
+    make_settings: Any,
+    db_pool: asyncpg.Pool,
+    unused_tcp_port: int,
+    rows: Any,
+) -> None:
+    settings = make_settings(
+        upstreams={"openai": {"base_url": f"http://127.0.0.1:{unused_tcp_port}/v1"}}
+    )
+    client = await aiohttp_client(create_app(settings, clock=lambda: NOW))
+
+    async with openai_client(client) as oai:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await oai.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_error"  # type: ignore[index]
+    (row,) = await rows(client)
+    assert (row["status"], row["error"], row["input_tokens"]) == (
+        502,
+        "upstream_error",
+        0,
+    )
+
+
+async def test_upstream_stall_is_a_recorded_504_with_estimated_input(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway(timeout_s=0.2)
+    fake.stall_next(1.0)
+
+    resp = await client.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    )
+
+    assert resp.status == 504
+    assert (await resp.json())["error"]["code"] == "upstream_timeout"
+    (row,) = await rows(client)
+    assert (row["status"], row["error"]) == (504, "upstream_timeout")
+    assert row["usage_estimated"]
+    assert not row["usage_complete"]
+    assert row["input_tokens"] > 0
+    assert_cost(row, GPT_4O_MINI)
+
+
+async def test_client_gone_mid_stream_leaves_one_estimated_row(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+    fake.answer = " ".join(["word"] * 200)
+    fake.event_delay_s = 0.005
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+    }
+
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(client.make_url("/v1/chat/completions"), json=body)
+        await resp.content.readany()
+        resp.close()
+    # The gateway notices at its next write; wait until the row exists.
+    for _ in range(200):
+        if recorded := await rows(client):
+            break
+        await asyncio.sleep(0.02)
+
+    (row,) = recorded
+    assert row["error"] == "client_disconnected"
+    assert not row["usage_complete"]
+    assert row["usage_estimated"]
+    assert row["input_tokens"] > 0
+    assert 0 < row["output_tokens"] < 200
+    assert_cost(row, GPT_4O_MINI)
+
+
+async def test_upstream_reset_mid_stream_cuts_the_client_too(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+    fake.reset_next(after_events=3)
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+    }
+
+    resp = await client.post("/v1/chat/completions", json=body)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+
+    (row,) = await rows(client)
+    assert row["error"] == "upstream_reset"
+    assert not row["usage_complete"]
+    assert row["usage_estimated"]
+    assert row["output_tokens"] == 3
