@@ -173,6 +173,7 @@ async function answerTokenForm(page) {
   if (!adminToken) {
     throw new Error("the page asked for an admin token and ADMIN_TOKEN is not set");
   }
+  await shoot(page, "dashboard-token-form.png");
   await page.fill("#token-input", adminToken);
   await afterRefresh(page, () => page.click("#token-form button[type=submit]"));
   return true;

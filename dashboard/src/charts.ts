@@ -339,7 +339,11 @@ function historyConfig(): ChartConfiguration<"line", number[], string> {
           position: "right",
           beginAtZero: true,
           grid: { drawOnChartArea: false },
-          ticks: { callback: (value) => formatTokensShort(Number(value)), maxTicksLimit: 6 },
+          ticks: {
+            callback: (value) => formatTokensShort(Number(value)),
+            maxTicksLimit: 6,
+            precision: 0,
+          },
         },
       },
     },
