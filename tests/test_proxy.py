@@ -21,7 +21,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from gateway.keys import RECORDER
+from gateway.errors import BudgetExceeded
+from gateway.keys import ADMISSION, METRICS, RECORDER
 from tests.fake_upstream import FakeUpstream
 from tests.fixtures import recorded
 
@@ -497,3 +498,174 @@ async def test_upstream_reset_mid_stream_cuts_the_client_too(
     assert not row["usage_complete"]
     assert row["usage_estimated"]
     assert row["output_tokens"] == 3
+
+
+async def send_raw(client: TestClient, target: str) -> int:
+    """Send *target* exactly as written, as no HTTP client library would."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        f"GET {target} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n".encode()
+    )
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return int(status_line.split()[1])
+
+
+async def test_path_tricks_never_reach_outside_the_base_path(
+    gateway: Gateway, fake: FakeUpstream
+) -> None:
+    client = await gateway()
+    tricks = [
+        "/v1/../admin",
+        "/v1/../../etc/passwd",
+        "/v1/%2e%2e/secret",
+        "/v1/%2E%2E%2Fsecret",
+        "/v1/models/..%2f..%2fadmin",
+        "/v1/a%5c..%5cadmin",
+        "/v1//models",
+        "/v1/./models",
+        "/deepseek/v1/../../x",
+        "/openai/v1/%2e/models",
+        "http://evil.example/v1/models",
+        "//evil.example/v1/models",
+        "/v1/models?next=http://evil.example#x",
+    ]
+
+    statuses = [await send_raw(client, target) for target in tricks]
+    good = await send_raw(client, "/v1/models")
+
+    assert all(status in (400, 404) for status in statuses), statuses
+    assert good == 200
+    assert [r.path for r in fake.received] == ["/v1/models"]
+
+
+async def test_gateway_keys_guard_the_door_and_swap_in_the_upstream_key(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway(
+        server={"gateway_keys": [{"key": "gk-one-secret", "label": "trading-bot"}]},
+        api_key="sk-upstream-secret",
+    )
+    messages = [{"role": "user", "content": "hi"}]
+
+    async with openai_client(client, api_key="sk-not-a-gateway-key") as oai:
+        with pytest.raises(openai.AuthenticationError):
+            await oai.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    refused_upstream = list(fake.received)
+    async with openai_client(client, api_key="gk-one-secret") as oai:
+        await oai.chat.completions.create(model="gpt-4o-mini", messages=messages)
+
+    assert refused_upstream == []
+    assert fake.received[-1].headers["Authorization"] == "Bearer sk-upstream-secret"
+    assert client.server.app[METRICS].rejected["invalid_api_key"] == 1
+    (row,) = await rows(client)
+    assert row["key_label"] == "trading-bot"
+    assert "secret" not in repr(dict(row))
+
+
+async def test_upstream_key_is_sent_when_the_client_sends_none(
+    gateway: Gateway, fake: FakeUpstream
+) -> None:
+    client = await gateway(api_key="sk-upstream-secret")
+
+    resp = await client.get("/v1/models")
+
+    assert resp.status == 200
+    assert fake.received[-1].headers["Authorization"] == "Bearer sk-upstream-secret"
+
+
+async def test_other_v1_paths_are_relayed_without_a_row(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+
+    resp = await client.get(
+        "/v1/models?limit=2",
+        headers={"Accept-Encoding": "gzip", "X-Purpose": "listing"},
+    )
+
+    assert resp.status == 200
+    assert (await resp.json())["object"] == "list"
+    assert resp.headers["X-Request-Id"].startswith("tg-")
+    sent = fake.received[-1]
+    assert sent.path == "/v1/models?limit=2"
+    assert sent.headers["Accept-Encoding"] == "gzip"
+    assert "X-Purpose" not in sent.headers
+    assert await rows(client) == []
+
+
+async def test_a_bad_tag_header_is_refused_before_any_upstream(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+
+    resp = await client.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": []},
+        headers={"X-Ticker": "x" * 500},
+    )
+
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert (error["code"], error["param"]) == ("invalid_tag_header", "X-Ticker")
+    assert fake.received == []
+    assert client.server.app[METRICS].rejected["invalid_tag_header"] == 1
+    assert await rows(client) == []
+
+
+async def test_a_body_over_the_limit_is_413(
+    gateway: Gateway, fake: FakeUpstream
+) -> None:
+    client = await gateway(server={"max_body_bytes": 1000})
+
+    resp = await client.post(
+        "/v1/chat/completions", json={"model": "gpt-4o-mini", "input": "x" * 2000}
+    )
+
+    assert resp.status == 413
+    assert (await resp.json())["error"]["code"] == "request_too_large"
+    assert fake.received == []
+
+
+async def test_invalid_json_is_forwarded_and_the_upstream_answer_recorded(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+
+    resp = await client.post(
+        "/v1/chat/completions",
+        data=b'{"model": "gpt-4o-mini", oops',
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert resp.status == 400
+    assert fake.received[-1].body == b'{"model": "gpt-4o-mini", oops'
+    (row,) = await rows(client)
+    assert (row["status"], row["model"], row["input_tokens"]) == (400, "unknown", 0)
+
+
+async def test_a_refused_admission_reaches_no_upstream(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+    seen: list[dict[str, str | None]] = []
+
+    def refuse(tags: dict[str, str | None]) -> None:
+        seen.append(tags)
+        raise BudgetExceeded("daily budget spent")
+
+    client.server.app[ADMISSION].append(refuse)
+
+    resp = await client.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": []},
+        headers={"X-Purpose": "signal", "X-Cycle-Id": "c1"},
+    )
+
+    assert resp.status == 429
+    assert (await resp.json())["error"]["code"] == "budget_exceeded"
+    assert seen == [{"purpose": "signal", "ticker": None, "cycle_id": "c1"}]
+    assert fake.received == []
+    assert client.server.app[METRICS].rejected["budget_exceeded"] == 1
+    assert await rows(client) == []
