@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import __version__, db, proxy
+from gateway import __version__, budgets, db, proxy, telegram
 from gateway.clock import Clock, utc_now
 from gateway.config import Settings
 from gateway.errors import GatewayError, error_body, json_error
@@ -240,4 +240,6 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     # Each concept adds its routes and background work here.
     proxy.setup(app)
+    budgets.setup(app)
+    telegram.setup(app)
     return app

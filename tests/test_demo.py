@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import random
 from collections import Counter
 from typing import Any
@@ -207,10 +206,6 @@ def test_demo_settings_point_every_upstream_at_the_simulator(
     assert built.alerts.webhook_url is None
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("gateway.proxy") is None,
-    reason="the proxy module is not in this tree yet",
-)
 async def test_demo_records_tagged_rows_through_the_gateway(
     make_settings: Any, database_url: str, db_pool: Any, tmp_path: Any
 ) -> None:
