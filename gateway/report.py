@@ -20,7 +20,7 @@ from typing import Literal
 
 import asyncpg
 
-from gateway import db
+from gateway import db, stats
 from gateway.clock import utc_now
 from gateway.config import Settings
 from gateway.limits import Limit, window_bounds
@@ -171,31 +171,23 @@ class TokensSummary:
     by_model: dict[str, Figures] = field(default_factory=dict)
 
 
-# Days are half-open [first, last + 1): the rollup's day column is a date.
-READ_BY_MODEL = """
-SELECT model, sum(calls)::bigint AS calls, sum(total_tokens)::bigint AS tokens,
-    sum(cost_usd) AS cost_usd, sum(latency_ms_sum) AS latency_ms_sum,
-    sum(latency_count)::bigint AS latency_count
-FROM llm_usage_daily
-WHERE day >= $1 AND day < $2
-GROUP BY model
-"""
-
-
 async def read_figures_by_model(
-    pool: asyncpg.Pool | asyncpg.Connection, first: date, end: date
+    pool: asyncpg.Pool, first: date, end: date
 ) -> dict[str, Figures]:
     """Sums per model for the UTC days from *first* up to, not including, *end*."""
-    rows = await pool.fetch(READ_BY_MODEL, first, end)
+    # Whole days, so the statistics read the rollup; a period's name only
+    # labels API answers, the range is what is summed.
+    period = stats.Period("all", stats.midnight(first), stats.midnight(end))
+    summary = await stats.summarize(pool, period)
     return {
-        row["model"]: Figures(
-            calls=row["calls"],
-            tokens=row["tokens"],
-            cost_usd=row["cost_usd"],
-            latency_ms_sum=row["latency_ms_sum"],
-            latency_count=row["latency_count"],
+        model: Figures(
+            calls=totals.calls,
+            tokens=totals.total_tokens,
+            cost_usd=totals.cost_usd,
+            latency_ms_sum=totals.latency_ms_sum,
+            latency_count=totals.latency_count,
         )
-        for row in rows
+        for model, totals in summary.by_model.items()
     }
 
 
@@ -215,7 +207,7 @@ def period_first_day(period: Period, today: date) -> date:
 
 
 async def read_tokens_summary(
-    pool: asyncpg.Pool | asyncpg.Connection, now: datetime, period: Period = "today"
+    pool: asyncpg.Pool, now: datetime, period: Period = "today"
 ) -> TokensSummary:
     today = now.date()
     tomorrow = today + timedelta(days=1)
@@ -238,9 +230,7 @@ async def read_tokens_summary(
     )
 
 
-async def read_day_figures(
-    pool: asyncpg.Pool | asyncpg.Connection, day: date
-) -> Figures:
+async def read_day_figures(pool: asyncpg.Pool, day: date) -> Figures:
     return total_of(await read_figures_by_model(pool, day, day + timedelta(days=1)))
 
 
