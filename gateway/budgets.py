@@ -145,9 +145,9 @@ class BudgetWatcher:
             if state.is_exceeded:
                 raise BudgetExceeded(
                     f"budget {limit.name} exceeded: spent "
-                    f"{format_usd(state.spent_usd)} of "
-                    f"{format_usd(limit.limit_usd)} this {limit.window}; calls "
-                    f"are refused until {state.window_end.isoformat()}"
+                    f"{format_small_usd(state.spent_usd)} of "
+                    f"{format_small_usd(limit.limit_usd)} this {limit.window}; "
+                    f"calls are refused until {state.window_end.isoformat()}"
                 )
 
     def observe(self, record: UsageRecord) -> None:
@@ -311,6 +311,11 @@ class BudgetWatcher:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def format_small_usd(value: Decimal) -> str:
+    """Dollars to 4 places, or 6 below a cent, so tiny limits still read."""
+    return format_usd(value) if abs(value) >= Decimal("0.01") else f"${value:.6f}"
 
 
 def money(value: Decimal) -> float:

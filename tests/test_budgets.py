@@ -18,6 +18,7 @@ from gateway.limits import Limit
 from gateway.record import UsageRecord, new_request_id
 from gateway.recorder import write_batch
 from tests.fake_telegram import TOKEN, FakeBotApi, start_fake_bot_api
+from tests.fake_upstream import FakeUpstream
 
 NOW = datetime(2030, 6, 15, 12, 0, tzinfo=UTC)
 CHAT_ID = "4242"
@@ -362,3 +363,36 @@ async def test_webhook_alert_is_retried_after_a_500(
     assert bodies[1]["threshold"] == 0.8
     assert bodies[1]["spent_usd"] == 0.8
     assert client.server.app[METRICS].alerts_sent == {"webhook": 1}
+
+
+async def test_a_proxied_call_over_the_limit_is_refused_before_the_upstream(
+    aiohttp_server: Any, start_gateway: Any
+) -> None:
+    upstream = FakeUpstream()
+    server = await aiohttp_server(upstream.app)
+    base = str(server.make_url("/v1"))
+    clock = MovableClock(NOW)
+    # One fake call (21 + 5 tokens of gpt-4o-mini) costs more than this.
+    client = await start_gateway(
+        clock,
+        {"daily_usd": "0.000001", "enforce": True},
+        upstreams={"openai": {"base_url": base, "default": True}},
+    )
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"Authorization": "Bearer sk-test", "X-Purpose": "signal"}
+
+    first = await client.post("/v1/chat/completions", json=chat, headers=headers)
+    refused = await client.post("/v1/chat/completions", json=chat, headers=headers)
+    reached_before_midnight = len(upstream.received)
+    clock.now = NOW + timedelta(days=1)
+    next_day = await client.post("/v1/chat/completions", json=chat, headers=headers)
+
+    assert first.status == 200
+    assert refused.status == 429
+    error = (await refused.json())["error"]
+    assert error["type"] == "budget_exceeded"
+    assert "budget daily exceeded" in error["message"]
+    assert "of $0.000001 this day" in error["message"]
+    assert reached_before_midnight == 1
+    assert next_day.status == 200
+    assert len(upstream.received) == 2
