@@ -1,0 +1,388 @@
+"""
+Calls made elsewhere, recorded as if they had gone through the proxy.
+
+A client that calls an LLM directly posts what the call used to
+``/api/usage``; it is checked field by field, priced by the same price book at
+its own timestamp, and handed to the same recorder (endpoint ``ingest``).
+
+A ``request_id`` makes the post idempotent. The stored row is looked up first
+(``request_id`` leads a unique index); a repeat that arrives while the first
+is still waiting to be written finds it among the recent posts this process
+holds. Two replicas posting the same id at once can each store it, unless the
+client also sends the ``timestamp``: the database's unique key is the pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from gateway import stats
+from gateway.errors import BadParameter, BadRequest
+from gateway.keys import CLOCK, DATABASE, PRICES, RECORDER, SETTINGS
+from gateway.pricing import PriceBook
+from gateway.record import UsageRecord, new_request_id
+from gateway.usage import MAX_MODEL_CHARS, MAX_TOKENS, Usage
+
+log = logging.getLogger(__name__)
+
+ENDPOINT = "ingest"
+DEFAULT_UPSTREAM = "external"
+MAX_TAG_CHARS = 128
+MAX_NAME_CHARS = 64
+# Visible ASCII, as for the X-Request-Id header of proxied calls.
+REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+# A day: anything longer is a unit mistake, not a latency.
+MAX_RESPONSE_TIME_MS = 86_400_000.0
+# Clocks drift; a call stamped further ahead than this is a mistake.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+# How many request ids this process remembers for repeats not yet stored.
+MAX_RECENT_IDS = 10_000
+# Longest a post waits for its row to be written before answering id null.
+MAX_STORE_WAIT_S = 5.0
+
+FIELDS = frozenset(
+    {
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "reasoning_tokens",
+        "purpose",
+        "ticker",
+        "cycle_id",
+        "response_time_ms",
+        "timestamp",
+        "request_id",
+        "upstream",
+        "provider",
+    }
+)
+
+# Errors of the lookup that mean "the database is not answering": the post
+# is still taken (the recorder spools it), only the lookup is skipped.
+LOOKUP_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """What a post answers: the stored row (id None if not written yet)."""
+
+    id: int | None
+    request_id: str
+    input_cost_usd: Decimal | None
+    output_cost_usd: Decimal | None
+    total_cost_usd: Decimal | None
+    price_source: str | None
+
+
+class RecentPosts:
+    """Request ids posted lately, each with the answer its first post gave."""
+
+    def __init__(self, limit: int = MAX_RECENT_IDS) -> None:
+        self.limit = limit
+        self._answers: OrderedDict[str, asyncio.Future[Ingested | None]] = OrderedDict()
+
+    def get(self, request_id: str) -> asyncio.Future[Ingested | None] | None:
+        return self._answers.get(request_id)
+
+    def start(self, request_id: str) -> asyncio.Future[Ingested | None]:
+        future = asyncio.get_running_loop().create_future()
+        self._answers[request_id] = future
+        while len(self._answers) > self.limit:
+            self._answers.popitem(last=False)
+        return future
+
+    def forget(self, request_id: str) -> None:
+        self._answers.pop(request_id, None)
+
+
+RECENT = web.AppKey("ingest_recent", RecentPosts)
+
+
+def setup(app: web.Application) -> None:
+    app[RECENT] = RecentPosts()
+    # The proxy sets the one price book when it is wired in; this one stands
+    # in for an application built without it.
+    if PRICES not in app:
+        app[PRICES] = PriceBook(app[SETTINGS].pricing)
+
+
+# -- checking the body --------------------------------------------------------
+
+
+def read_count(body: dict[str, Any], name: str, *, required: bool) -> int:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadParameter(f"{name} is required", param=name)
+        return 0
+    # bool is an int to Python, and 3.0 tokens is not a count.
+    if type(value) is not int or not 0 <= value <= MAX_TOKENS:
+        raise BadParameter(
+            f"{name} must be a whole number from 0 to {MAX_TOKENS}", param=name
+        )
+    return value
+
+
+def read_text(
+    body: dict[str, Any], name: str, max_chars: int, *, required: bool = False
+) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadParameter(f"{name} is required", param=name)
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= max_chars:
+        raise BadParameter(
+            f"{name} must be text of 1 to {max_chars} characters", param=name
+        )
+    if not value.isprintable():
+        raise BadParameter(f"{name} must be printable text", param=name)
+    return value
+
+
+def read_response_time_ms(body: dict[str, Any]) -> float:
+    value = body.get("response_time_ms")
+    if value is None:
+        return 0.0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_RESPONSE_TIME_MS
+    ):
+        raise BadParameter(
+            f"response_time_ms must be a number from 0 to {MAX_RESPONSE_TIME_MS:.0f}",
+            param="response_time_ms",
+        )
+    return float(value)
+
+
+def read_timestamp(body: dict[str, Any], now: datetime) -> datetime:
+    value = body.get("timestamp")
+    if value is None:
+        return now
+    if not isinstance(value, str) or len(value) > 64:
+        raise BadParameter("timestamp must be an ISO 8601 string", param="timestamp")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadParameter(
+            "timestamp must be an ISO 8601 string", param="timestamp"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    if not EARLIEST <= moment <= now + MAX_CLOCK_SKEW:
+        raise BadParameter(
+            "timestamp must be after 2000 and not in the future", param="timestamp"
+        )
+    return moment
+
+
+def read_request_id(body: dict[str, Any]) -> str | None:
+    value = body.get("request_id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not REQUEST_ID.fullmatch(value):
+        raise BadParameter(
+            "request_id must be 1 to 128 visible ASCII characters", param="request_id"
+        )
+    return value
+
+
+def build_record(body: Any, now: datetime) -> tuple[UsageRecord, str | None]:
+    """
+    Check *body* and return the unpriced record and the price provider named.
+
+    Raise BadParameter naming the first field that is missing, of the wrong
+    type, out of bounds, or unknown.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise BadParameter(f"unknown field {unknown[0][:64]!r}", param=unknown[0][:64])
+    model = read_text(body, "model", MAX_MODEL_CHARS, required=True)
+    input_tokens = read_count(body, "input_tokens", required=True)
+    output_tokens = read_count(body, "output_tokens", required=True)
+    cached = read_count(body, "cached_input_tokens", required=False)
+    reasoning = read_count(body, "reasoning_tokens", required=False)
+    if cached > input_tokens:
+        raise BadParameter(
+            "cached_input_tokens cannot exceed input_tokens",
+            param="cached_input_tokens",
+        )
+    if reasoning > output_tokens:
+        raise BadParameter(
+            "reasoning_tokens cannot exceed output_tokens", param="reasoning_tokens"
+        )
+    request_id = read_request_id(body)
+    record = UsageRecord(
+        request_id=request_id or new_request_id(),
+        timestamp=read_timestamp(body, now),
+        model=model or "",
+        upstream=read_text(body, "upstream", MAX_NAME_CHARS) or DEFAULT_UPSTREAM,
+        endpoint=ENDPOINT,
+        input_tokens=input_tokens,
+        cached_input_tokens=cached,
+        output_tokens=output_tokens,
+        reasoning_tokens=reasoning,
+        total_tokens=input_tokens + output_tokens,
+        purpose=read_text(body, "purpose", MAX_TAG_CHARS),
+        ticker=read_text(body, "ticker", MAX_TAG_CHARS),
+        cycle_id=read_text(body, "cycle_id", MAX_TAG_CHARS),
+        response_time_ms=read_response_time_ms(body),
+    )
+    return record, read_text(body, "provider", MAX_NAME_CHARS)
+
+
+# -- recording ----------------------------------------------------------------
+
+
+def price_provider(
+    app: web.Application, record: UsageRecord, named: str | None
+) -> str | None:
+    """
+    The catalog provider to price with: the one named, else that of the
+    configured upstream named, else the upstream's own name, else none.
+    """
+    if named is not None:
+        return named
+    if record.upstream == DEFAULT_UPSTREAM:
+        return None
+    upstream = app[SETTINGS].upstreams.get(record.upstream)
+    if upstream is not None:
+        return upstream.provider or record.upstream
+    return record.upstream
+
+
+def price(app: web.Application, record: UsageRecord, provider: str | None) -> None:
+    usage = Usage(
+        input_tokens=record.input_tokens,
+        cached_input_tokens=record.cached_input_tokens,
+        output_tokens=record.output_tokens,
+        reasoning_tokens=record.reasoning_tokens,
+        total_tokens=record.total_tokens,
+    )
+    cost = app[PRICES].cost(record.model, usage, provider=provider, at=record.timestamp)
+    if cost is not None:
+        record.input_cost_usd = cost.input_usd
+        record.output_cost_usd = cost.output_usd
+        record.total_cost_usd = cost.total_usd
+        record.price_source = cost.source
+
+
+def answer_of(row: Any) -> Ingested:
+    return Ingested(
+        id=row["id"],
+        request_id=row["request_id"],
+        input_cost_usd=row["input_cost_usd"],
+        output_cost_usd=row["output_cost_usd"],
+        total_cost_usd=row["total_cost_usd"],
+        price_source=row["price_source"],
+    )
+
+
+async def look_up(
+    app: web.Application, request_id: str, timestamp: datetime | None = None
+) -> Any:
+    try:
+        return await stats.find_call(app[DATABASE].pool, request_id, timestamp)
+    except LOOKUP_ERRORS as exc:
+        log.warning("cannot look up request %s (%s)", request_id, exc)
+        return None
+
+
+async def wait_until_stored(app: web.Application, record: UsageRecord) -> int | None:
+    """
+    The id of *record*'s row once written, or None when it is not written
+    within a short bound (the database is away, or the row was spooled).
+    """
+    recorder = app[RECORDER]
+    loop = asyncio.get_running_loop()
+    flush_s = app[SETTINGS].recorder.flush_interval_ms / 1000
+    deadline = loop.time() + min(MAX_STORE_WAIT_S, 2 * flush_s + 0.5)
+    await recorder.flush()
+    while True:
+        row = await look_up(app, record.request_id, record.timestamp)
+        if row is not None:
+            return row["id"]
+        if not recorder.database_ok or loop.time() >= deadline:
+            return None
+        # Another flush may be writing it right now.
+        await asyncio.sleep(min(flush_s, 0.02))
+
+
+async def record_new(
+    app: web.Application, record: UsageRecord, provider: str | None
+) -> Ingested:
+    price(app, record, provider)
+    app[RECORDER].submit(record)
+    row_id = await wait_until_stored(app, record)
+    log.info(
+        "ingested %s (%s, %d tokens)",
+        record.request_id,
+        record.model,
+        record.total_tokens,
+        extra={"request_id": record.request_id, "model": record.model},
+    )
+    return Ingested(
+        id=row_id,
+        request_id=record.request_id,
+        input_cost_usd=record.input_cost_usd,
+        output_cost_usd=record.output_cost_usd,
+        total_cost_usd=record.total_cost_usd,
+        price_source=record.price_source,
+    )
+
+
+async def ingest(app: web.Application, body: Any) -> tuple[Ingested, bool]:
+    """
+    Check, price and record one posted call; return the answer and whether
+    the request id had been posted before (then nothing new is stored).
+    """
+    record, named_provider = build_record(body, app[CLOCK]())
+    provider = price_provider(app, record, named_provider)
+    if "request_id" not in body:
+        return await record_new(app, record, provider), False
+
+    recent = app[RECENT]
+    request_id = record.request_id
+    while (pending := recent.get(request_id)) is not None:
+        earlier = await asyncio.shield(pending)
+        if earlier is None:
+            # The first post failed; this one takes its place.
+            continue
+        if earlier.id is None:
+            row = await look_up(app, request_id)
+            if row is not None:
+                earlier = answer_of(row)
+        return earlier, True
+
+    future = recent.start(request_id)
+    try:
+        row = await look_up(app, request_id)
+        if row is not None:
+            answer, duplicate = answer_of(row), True
+        else:
+            answer, duplicate = await record_new(app, record, provider), False
+    except BaseException:
+        recent.forget(request_id)
+        future.set_result(None)
+        raise
+    future.set_result(answer)
+
+    return answer, duplicate
