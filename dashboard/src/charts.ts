@@ -84,7 +84,7 @@ export function sliceByCost(breakdown: Record<string, Breakdown>, maxSlices: num
   return data;
 }
 
-export function costByModel(usage: Usage, maxSlices = 7): SliceData {
+export function costByModel(usage: Usage, maxSlices = 6): SliceData {
   return sliceByCost(usage.breakdown_by_model, maxSlices);
 }
 

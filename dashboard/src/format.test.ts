@@ -12,6 +12,7 @@ import {
   formatTokens,
   formatTokensShort,
   formatUsd,
+  formatUsdFine,
   MISSING,
 } from "./format";
 
@@ -85,6 +86,27 @@ describe("formatUsd", () => {
 
   it("shows a dash for an unknown cost", () => {
     expect(formatUsd(null)).toBe(MISSING);
+  });
+});
+
+describe("formatUsdFine", () => {
+  it("lines a column of small costs up on four decimals", () => {
+    expect(formatUsdFine(0.0031)).toBe("$0.0031");
+    expect(formatUsdFine(0.01)).toBe("$0.0100");
+    expect(formatUsdFine(0.00084)).toBe("$0.0008");
+    expect(formatUsdFine(0)).toBe("$0.0000");
+  });
+
+  it("does not round a real cost down to zero", () => {
+    expect(formatUsdFine(0.00001)).toBe("<$0.0001");
+  });
+
+  it("uses cents from a dollar up", () => {
+    expect(formatUsdFine(1.5)).toBe("$1.50");
+  });
+
+  it("shows a dash for an unknown cost", () => {
+    expect(formatUsdFine(null)).toBe(MISSING);
   });
 });
 

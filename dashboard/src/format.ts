@@ -86,6 +86,29 @@ export function formatUsd(value: number | null | undefined): string {
   return `${value < 0 ? "-" : ""}$${text}`;
 }
 
+/**
+ * Dollar amounts for a column of per-call or per-cycle costs: four decimals
+ * below a dollar so the column lines up, `<$0.0001` for a cost that rounds
+ * to nothing but is not zero.
+ */
+export function formatUsdFine(value: number | null | undefined): string {
+  if (!isNumber(value)) {
+    return MISSING;
+  }
+  const size = Math.abs(value);
+  if (size >= 1) {
+    return formatUsd(value);
+  }
+  if (size > 0 && size < 0.00005) {
+    return value < 0 ? "-<$0.0001" : "<$0.0001";
+  }
+  const text = new Intl.NumberFormat(LOCALE, {
+    minimumFractionDigits: 4,
+    maximumFractionDigits: 4,
+  }).format(size);
+  return `${value < 0 ? "-" : ""}$${text}`;
+}
+
 /** Latencies: `850 ms` below a second, then `1.2 s`. */
 export function formatMs(value: number | null | undefined): string {
   if (!isNumber(value)) {

@@ -36,6 +36,7 @@ import {
   formatTokens,
   formatTokensShort,
   formatUsd,
+  formatUsdFine,
   MISSING,
 } from "./format";
 
@@ -229,6 +230,10 @@ function cell(text: string, className = ""): HTMLTableCellElement {
   if (className) {
     td.className = className;
   }
+  // A clipped cell keeps its whole text in the tooltip.
+  if (className.split(" ").includes("clip")) {
+    td.title = text;
+  }
   return td;
 }
 
@@ -257,11 +262,11 @@ function renderCalls(calls: Call[], now: Date): void {
 function cycleRow(cycle: Cycle, now: Date): HTMLTableRowElement {
   const row = document.createElement("tr");
   row.append(
-    cell(cycle.cycle_id, "mono"),
+    cell(cycle.cycle_id, "mono clip"),
     cell(formatTimestamp(cycle.last_call, now)),
     cell(formatInteger(cycle.calls), "num"),
     cell(formatTokensShort(cycle.tokens), "num"),
-    cell(formatUsd(cycle.cost), "num"),
+    cell(formatUsdFine(cycle.cost), "num"),
     cell(cycle.tickers.join(", ") || MISSING, cycle.tickers.length ? "wide-only" : "wide-only dim"),
     cell(
       cycle.purposes.join(", ") || MISSING,
@@ -273,14 +278,14 @@ function cycleRow(cycle: Cycle, now: Date): HTMLTableRowElement {
 
 function callRow(call: Call, now: Date): HTMLTableRowElement {
   const row = document.createElement("tr");
-  const cost = cell(formatUsd(call.cost), call.cost === null ? "num dim" : "num");
+  const cost = cell(formatUsdFine(call.cost), call.cost === null ? "num dim" : "num");
   if (call.cost === null) {
     cost.title = "no price known for this model";
   }
   const time = cell(formatTimestamp(call.timestamp, now));
   time.title = call.timestamp;
-  const model = cell(call.model);
-  model.title = `${call.upstream} ${call.endpoint}${call.streamed ? " (streamed)" : ""}`;
+  const model = cell(call.model, "clip");
+  model.title = `${call.model} · ${call.upstream} ${call.endpoint}${call.streamed ? " (streamed)" : ""}`;
   row.append(
     time,
     model,
