@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import platformdirs
 from pydantic import (
@@ -28,6 +28,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -193,7 +195,10 @@ class TelegramSettings(Section):
     bot_token: SecretStr | None = Field(None, description="Bot API token.")
     chat_id: str | None = Field(None, description="The only chat answered and told.")
     api_base: AnyHttpUrl = Field(
-        "https://api.telegram.org", description="Bot API server."
+        "https://api.telegram.org",
+        # Checked like a configured one, so it is a URL either way, not a str.
+        validate_default=True,
+        description="Bot API server.",
     )
     language: Literal["en", "it"] = Field("en", description="Language of messages.")
     poll_timeout_s: int = Field(30, ge=0, le=50, description="getUpdates long poll.")
@@ -235,8 +240,14 @@ class Settings(BaseSettings):
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
-    upstreams: dict[str, UpstreamSettings] = Field(default_factory=default_upstreams)
-    pricing: dict[str, ModelPrice] = Field(default_factory=dict)
+    upstreams: dict[str, UpstreamSettings] = Field(
+        default_factory=default_upstreams,
+        description="The APIs calls are forwarded to, by name (the path prefix).",
+    )
+    pricing: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="Prices by model, ahead of the built-in catalog.",
+    )
     recorder: RecorderSettings = Field(default_factory=RecorderSettings)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
@@ -345,14 +356,140 @@ def load_settings(
 
 
 def describe_validation_error(exc: ValidationError, path: Path | None) -> str:
-    """One line per problem: the dotted key, the value given, what was expected."""
+    """
+    One line: for each problem the dotted key, the value given, what was expected.
+
+    A value is shown only when it is a plain scalar of a setting that holds no
+    secret: a whole section (what a cross-field check receives) could carry
+    a password or a key inside it.
+    """
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "settings"
+        loc = error["loc"]
+        key = ".".join(str(part) for part in loc) or "settings"
         value = error.get("input")
-        shown = "(missing)" if error["type"] == "missing" else repr(value)
-        if any(secret in key for secret in ("token", "key", "url")):
-            shown = "(hidden)"
-        lines.append(f"{key} = {shown}: {error['msg']}")
+        if error["type"] == "missing":
+            lines.append(f"{key} is missing: {error['msg']}")
+        elif is_secret_location(loc) or not isinstance(value, str | int | float):
+            lines.append(f"{key}: {error['msg']}")
+        else:
+            lines.append(f"{key} = {value!r}: {error['msg']}")
     where = f" in {path}" if path else ""
     return f"invalid configuration{where}: " + "; ".join(lines)
+
+
+def is_secret_location(loc: tuple[int | str, ...]) -> bool:
+    """True when *loc* points into a setting typed as a secret (or cannot be told)."""
+    annotation: Any = Settings
+    for part in loc:
+        model = model_in(annotation)
+        if model is not None and isinstance(part, str) and part in model.model_fields:
+            annotation = model.model_fields[part].annotation
+            continue
+        # Inside a dict or list: the value type of the container.
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if not args:
+            # Past what the model declares (a validator's own location):
+            # say nothing rather than guess.
+            return True
+        annotation = args[-1]
+    return SecretStr in (annotation, *get_args(annotation))
+
+
+def model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model class *annotation* is, or holds beside None."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+# -- the reference table the README carries -----------------------------------
+
+# How the keys of a table of named entries are written in the reference.
+ENTRY_NAMES = {"upstreams": "<name>", "pricing": '"<model>"', "purposes": "<purpose>"}
+TYPE_NAMES: dict[Any, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    Decimal: "decimal",
+    Path: "path",
+    SecretStr: "secret string",
+    AnyHttpUrl: "URL",
+}
+
+
+def iter_settings_fields(
+    model: type[BaseModel] = Settings, prefix: str = ""
+) -> Iterator[tuple[str, FieldInfo]]:
+    """Every setting as (dotted key, field), sections unfolded, in declared order."""
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        section = model_in(field.annotation)
+        if section is not None and get_origin(field.annotation) is None:
+            yield from iter_settings_fields(section, f"{key}.")
+            continue
+        origin = get_origin(field.annotation)
+        inner = model_in(get_args(field.annotation)[-1]) if origin else None
+        if inner is None:
+            yield key, field
+        elif origin is dict:
+            yield key, field
+            entry = ENTRY_NAMES.get(name, "<name>")
+            yield from iter_settings_fields(inner, f"{key}.{entry}.")
+        else:
+            yield key, field
+            yield from iter_settings_fields(inner, f"{key}[].")
+
+
+def describe_type(annotation: Any) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(f"`{a}`" for a in args)
+    if origin in (list, dict):
+        model = model_in(args[-1])
+        item = "tables" if model else f"{describe_type(args[-1])}s"
+        return f"list of {item}" if origin is list else f"table of {item}"
+    if args and type(None) in args:
+        return " or ".join(describe_type(a) for a in args if a is not type(None))
+    return TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def describe_default(field: FieldInfo) -> str:
+    if field.default_factory is None:
+        value = field.default
+        if value is PydanticUndefined:
+            return "required"
+    else:
+        value = field.default_factory()  # type: ignore[call-arg]
+    if value is None:
+        return "unset"
+    if isinstance(value, Path):
+        # Differs per machine: the platform's per-user data directory.
+        return "user data dir"
+    if isinstance(value, dict):
+        return ", ".join(f"`{k}`" for k in value) if value else "`{}`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, str):
+        return f'`"{value}"`'
+    return f"`{value}`"
+
+
+def settings_reference() -> str:
+    """
+    A Markdown table of every setting: key, type, default and description.
+
+    The README's configuration reference is this table, pasted between
+    ``<!-- settings:begin -->`` and ``<!-- settings:end -->``; a test keeps
+    the two equal.
+    """
+    lines = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
+    for key, field in iter_settings_fields():
+        description = (field.description or "").replace("|", "\\|")
+        lines.append(
+            f"| `{key}` | {describe_type(field.annotation)} "
+            f"| {describe_default(field)} | {description} |"
+        )
+    return "\n".join(lines) + "\n"
