@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 EVENT_STREAM = "text/event-stream"
 # Failures that mean the request never left the gateway.
 NEVER_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# Recorded for a call whose client left before any status was known (nginx's).
+CLIENT_CLOSED = 499
 
 
 class Proxy:
@@ -117,12 +119,12 @@ async def forward(request: web.Request) -> web.StreamResponse:
     """Proxy one call and record it; the handler of every proxied route."""
     started = perf_counter()
     app = request.app
+    timestamp = app[CLOCK]()
     try:
         call = await admit(request, app[PROXY])
     except GatewayError as exc:
         app[METRICS].rejected[exc.code] += 1
         raise
-    timestamp = app[CLOCK]()
     try:
         return await relay(request, call)
     except UpstreamError as exc:
@@ -132,6 +134,13 @@ async def forward(request: web.Request) -> web.StreamResponse:
         call.usage_complete = isinstance(exc.__cause__, NEVER_SENT)
         log.warning("%s: %s", call.target.endpoint, exc.message)
         return exc.response({REQUEST_ID_HEADER: call.request_id})
+    except asyncio.CancelledError:
+        # The client hung up before the answer was relayed whole.
+        call.error = call.error or "client_disconnected"
+        if call.usage is None:
+            call.usage_complete = False
+        call.status = call.status or CLIENT_CLOSED
+        raise
     finally:
         elapsed_s = perf_counter() - started
         if call.accounted:
@@ -154,7 +163,10 @@ async def admit(request: web.Request, proxy: Proxy) -> Call:
     tags = read_tags(headers)
     request_id = read_request_id(headers)
     key_label = check_gateway_key(headers, proxy.gateway_keys)
+    reading = perf_counter()
     body = await read_body(request, proxy.max_body_bytes)
+    # The upload is the client's time, not the gateway's overhead.
+    read_s = perf_counter() - reading
 
     # A GET on an accounted path (none exists today) is relayed without a row.
     accounted = request.method == "POST" and path.rest in ACCOUNTED_ENDPOINTS
@@ -181,6 +193,7 @@ async def admit(request: web.Request, proxy: Proxy) -> Call:
         request_bytes=request.content_length or len(body),
         requested_model=model,
         hide_usage_chunk=hide_usage_chunk,
+        client_s=read_s,
     )
 
 
@@ -211,9 +224,11 @@ async def relay(request: web.Request, call: Call) -> web.StreamResponse:
     try:
         answer_headers = headers_for_client(reply.headers)
         answer_headers[REQUEST_ID_HEADER] = call.request_id
-        if reply.content_type == EVENT_STREAM:
-            return await relay_stream(request, call, reply, answer_headers, sent)
-        return await relay_whole(call, reply, answer_headers)
+        # Only an accounted JSON answer is read whole (its usage is at the
+        # end); everything else flows through as it arrives.
+        if call.accounted and reply.content_type != EVENT_STREAM:
+            return await relay_whole(call, reply, answer_headers)
+        return await relay_stream(request, call, reply, answer_headers, sent)
     finally:
         reply.release()
 
@@ -241,19 +256,23 @@ async def relay_stream(
     headers: CIMultiDict[str],
     sent: float,
 ) -> web.StreamResponse:
-    """Relay an event stream read by read, watching it for usage."""
-    call.streamed = True
-    scanner = (
-        StreamScanner(
-            responses_api=call.target.rest == RESPONSES_ENDPOINT,
-            hide_usage_chunk=call.hide_usage_chunk,
-        )
-        if call.accounted
-        else None
-    )
+    """
+    Relay an answer read by read; an accounted one is an event stream,
+    watched for its usage on the way.
+    """
     response = web.StreamResponse(
         status=reply.status, reason=reply.reason, headers=headers
     )
+    scanner: StreamScanner | None = None
+    if call.accounted:
+        call.streamed = True
+        scanner = StreamScanner(
+            responses_api=call.target.rest == RESPONSES_ENDPOINT,
+            hide_usage_chunk=call.hide_usage_chunk,
+        )
+    elif reply.content_length is not None:
+        # The bytes go through unchanged, so the upstream's length holds.
+        response.content_length = reply.content_length
     content = reply.content
     try:
         waited = perf_counter()

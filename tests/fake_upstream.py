@@ -149,7 +149,8 @@ class FakeUpstream:
 
         path = request.path
         if request.method == "GET" and path.endswith("/models"):
-            return json_response(
+            # Compressed when the client allows it, to show bytes relayed as-is.
+            listing = json_response(
                 {
                     "object": "list",
                     "data": [
@@ -162,6 +163,8 @@ class FakeUpstream:
                     ],
                 }
             )
+            listing.enable_compression()
+            return listing
         if request.method != "POST":
             return error(404, f"Unknown request URL: {request.method} {path}")
         if path.endswith("/chat/completions"):

@@ -348,28 +348,58 @@ async def test_deepseek_cache_hits_by_prefix_and_by_model_glob(
         assert_cost(row, DEEPSEEK_CHAT)
 
 
-async def test_recorded_openai_stream_is_relayed_byte_for_byte(
-    gateway: Gateway, fake: FakeUpstream, rows: Any
-) -> None:
-    client = await gateway()
-    body = {
-        "model": "recorded:openai_chat_stream_usage_1.sse",
-        "messages": [{"role": "user", "content": "hi"}],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+# (recording, endpoint, requested model, stream, reported model,
+#  input, cached, output, reasoning, USD per million: input, cached, output)
+RECORDINGS = [
+    ("openai_chat_stream_usage_1.sse", "chat/completions", "gpt-4", True,
+     "gpt-4-0613", 12, 0, 5, 0, GPT_4),
+    ("openai_chat_reasoning_1.json", "chat/completions", "o3-mini", False,
+     "o3-mini-2025-01-31", 7, 0, 87, 64,
+     (Decimal("1.1"), Decimal("0.55"), Decimal("4.4"))),
+    ("deepseek_reasoner_stream_1.sse", "chat/completions", "deepseek-reasoner", True,
+     "deepseek-reasoner", 6, 0, 212, 198,
+     (Decimal("0.55"), Decimal("0.14"), Decimal("2.19"))),
+    ("deepseek_reasoner_1.json", "chat/completions", "deepseek-reasoner", False,
+     "deepseek-v4-flash", 563, 512, 116, 60,
+     (Decimal("0.15"), Decimal("0.003"), Decimal("0.6"))),
+    ("openai_responses_stream_1.sse", "responses", "gpt-5.5", True,
+     "gpt-5.5-2026-04-23", 11, 0, 5, 0,
+     (Decimal("5"), Decimal("0.5"), Decimal("30"))),
+    ("openai_embeddings_1.json", "embeddings", "text-embedding-3-small", False,
+     "text-embedding-3-small", 8, 0, 0, 0, EMBEDDING_3_SMALL),
+]  # fmt: skip
 
-    resp = await client.post("/v1/chat/completions", json=body)
+
+@pytest.mark.parametrize("case", RECORDINGS, ids=[case[0] for case in RECORDINGS])
+async def test_recorded_bodies_are_relayed_byte_for_byte_and_priced(
+    gateway: Gateway, fake: FakeUpstream, rows: Any, case: tuple[Any, ...]
+) -> None:
+    name, endpoint, model, stream, reported, *tokens, rates = case
+    client = await gateway()
+    body: dict[str, Any] = {"model": model, "input": "hi"}
+    if stream:
+        body["stream"] = True
+    if stream and endpoint == "chat/completions":
+        # As the recorded requests did: the bytes then match the recording.
+        body["stream_options"] = {"include_usage": True}
+
+    resp = await client.post(
+        f"/v1/{endpoint}", json=body, headers={"X-Fake-Recording": name}
+    )
     relayed = await resp.read()
 
-    assert relayed == recorded("openai_chat_stream_usage_1.sse")
+    assert relayed == recorded(name)
     (row,) = await rows(client)
-    assert (row["model"], row["input_tokens"], row["output_tokens"]) == (
-        "gpt-4-0613",
-        12,
-        5,
-    )
-    assert_cost(row, GPT_4)
+    assert row["model"] == reported
+    assert row["upstream"] == ("deepseek" if model.startswith("deepseek") else "openai")
+    assert row["streamed"] is stream
+    assert [
+        row["input_tokens"],
+        row["cached_input_tokens"],
+        row["output_tokens"],
+        row["reasoning_tokens"],
+    ] == tokens
+    assert_cost(row, rates)
 
 
 async def test_upstream_429_and_500_pass_through_with_their_headers(
@@ -588,6 +618,7 @@ async def test_other_v1_paths_are_relayed_without_a_row(
     assert resp.status == 200
     assert (await resp.json())["object"] == "list"
     assert resp.headers["X-Request-Id"].startswith("tg-")
+    assert resp.headers["Content-Encoding"] == "gzip"
     sent = fake.received[-1]
     assert sent.path == "/v1/models?limit=2"
     assert sent.headers["Accept-Encoding"] == "gzip"
