@@ -1,0 +1,235 @@
+"""
+Statistics at 10 thousand and at 10 million stored calls: the rollup keeps them flat.
+
+Creates a fresh database, loads ``--small`` rows into ``llm_usage`` with COPY
+(spread over the last ``--days`` days, a few models, purposes and tickers) and
+the matching ``llm_usage_daily`` rollup, starts tallygate on it and times
+``GET /api/token-usage?period=month`` and ``/api/token-usage/history?days=30``;
+then tops the table up to ``--rows`` rows the same way and times them again.
+Prints both medians and their ratio (target: under 1.5×) and how long the
+load took. The ticker rollup is kept by the table's own trigger, which COPY
+fires as an INSERT would.
+
+    python -m benchmarks.stats_scale                 # 10 k, then 10 M rows
+    python -m benchmarks.stats_scale --rows 1000000  # a smaller second size
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from benchmarks import benchdb, procs
+from benchmarks.run import write_gateway_config
+from gateway import db
+
+MODELS = ("gpt-4o-mini", "gpt-4o", "deepseek-chat", "deepseek-reasoner")
+PURPOSES = ("decision", "research", "summary", "risk", None)
+TICKERS = (*(f"T{n:02d}" for n in range(20)), None)
+COPY_BATCH_ROWS = 200_000
+TARGET_RATIO = 1.5
+COLUMNS = (
+    "request_id", "timestamp", "model", "upstream", "endpoint", "status",
+    "streamed", "input_tokens", "cached_input_tokens", "output_tokens",
+    "reasoning_tokens", "total_tokens", "input_cost_usd", "output_cost_usd",
+    "total_cost_usd", "price_source", "purpose", "ticker", "cycle_id",
+    "response_time_ms",
+)  # fmt: skip
+ENDPOINTS = {
+    "month": "/api/token-usage?period=month",
+    "history": "/api/token-usage/history?days=30",
+}
+# The rows one COPY batch stored, added to the rollup (they are all new).
+ROLL_UP = """
+INSERT INTO llm_usage_daily AS d (day, model, purpose, calls, errors,
+    input_tokens, cached_input_tokens, output_tokens, reasoning_tokens,
+    total_tokens, input_cost_usd, output_cost_usd, cost_usd,
+    latency_ms_sum, latency_count)
+SELECT ("timestamp" AT TIME ZONE 'UTC')::date, model, coalesce(purpose, ''),
+    count(*), count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL),
+    sum(input_tokens), sum(cached_input_tokens), sum(output_tokens),
+    sum(reasoning_tokens), sum(total_tokens),
+    coalesce(sum(input_cost_usd), 0), coalesce(sum(output_cost_usd), 0),
+    coalesce(sum(total_cost_usd), 0), sum(response_time_ms), count(*)
+FROM llm_usage
+WHERE request_id BETWEEN $1 AND $2
+GROUP BY 1, 2, 3
+ON CONFLICT (day, model, purpose) DO UPDATE SET
+    calls = d.calls + excluded.calls,
+    errors = d.errors + excluded.errors,
+    input_tokens = d.input_tokens + excluded.input_tokens,
+    cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
+    output_tokens = d.output_tokens + excluded.output_tokens,
+    reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,
+    total_tokens = d.total_tokens + excluded.total_tokens,
+    input_cost_usd = d.input_cost_usd + excluded.input_cost_usd,
+    output_cost_usd = d.output_cost_usd + excluded.output_cost_usd,
+    cost_usd = d.cost_usd + excluded.cost_usd,
+    latency_ms_sum = d.latency_ms_sum + excluded.latency_ms_sum,
+    latency_count = d.latency_count + excluded.latency_count
+"""
+
+
+def generate_rows(
+    phase: int, first: int, count: int, start: datetime, step: timedelta
+) -> Iterator[tuple[object, ...]]:
+    """*count* rows, evenly spaced in time from *start*, ids ordered."""
+    input_cost = Decimal("0.000180")
+    output_cost = Decimal("0.000240")
+    total_cost = input_cost + output_cost
+    for i in range(first, first + count):
+        yield (
+            f"tg-bench-{phase}-{i:010d}",
+            start + step * i,
+            MODELS[i % len(MODELS)],
+            "openai",
+            "/v1/chat/completions",
+            200,
+            i % 3 == 0,
+            1200,
+            100,
+            400,
+            0,
+            1600,
+            input_cost,
+            output_cost,
+            total_cost,
+            "config",
+            PURPOSES[i % len(PURPOSES)],
+            TICKERS[i % len(TICKERS)],
+            f"cycle-{i // 50}",
+            650.0 + i % 400,
+        )
+
+
+async def load_rows(url: str, phase: int, count: int, days: int) -> float:
+    """COPY *count* rows spread over the last *days* days; return seconds taken."""
+    now = datetime.now(UTC)
+    start = now - timedelta(days=days)
+    step = (now - timedelta(minutes=1) - start) / max(count, 1)
+    began = time.perf_counter()
+    conn = await asyncpg.connect(url)
+    try:
+        # Partitions for every month the rows fall in, before any row lands.
+        await db.ensure_partitions(conn, start, months_ahead=days // 28 + 3)
+        for first in range(0, count, COPY_BATCH_ROWS):
+            size = min(COPY_BATCH_ROWS, count - first)
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "llm_usage",
+                    records=generate_rows(phase, first, size, start, step),
+                    columns=COLUMNS,
+                )
+                await conn.execute(
+                    ROLL_UP,
+                    f"tg-bench-{phase}-{first:010d}",
+                    f"tg-bench-{phase}-{first + size - 1:010d}",
+                )
+            if count > COPY_BATCH_ROWS:
+                done = first + size
+                rate = done / (time.perf_counter() - began)
+                print(
+                    f"  loaded {done:,} of {count:,} ({rate:,.0f} rows/s)", flush=True
+                )
+        await conn.execute("ANALYZE llm_usage")
+        await conn.execute("ANALYZE llm_usage_daily")
+        await conn.execute("ANALYZE llm_usage_daily_ticker")
+    finally:
+        await conn.close()
+    return time.perf_counter() - began
+
+
+def time_endpoint(port: int, path: str, repeats: int) -> tuple[float, dict]:
+    """Median milliseconds of *repeats* GETs after three warm-ups, and the body."""
+    url = f"http://127.0.0.1:{port}{path}"
+    timings = []
+    body: dict = {}
+    for attempt in range(repeats + 3):
+        began = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=120) as reply:
+            body = orjson.loads(reply.read())
+        if attempt >= 3:
+            timings.append((time.perf_counter() - began) * 1000)
+    return statistics.median(timings), body
+
+
+def measure(port: int, repeats: int, stored: int) -> dict[str, float]:
+    times = {}
+    for name, path in ENDPOINTS.items():
+        times[name], body = time_endpoint(port, path, repeats)
+        if name == "month":
+            detail = f"api_calls_count {body.get('api_calls_count')}"
+        else:
+            calls = sum(day.get("api_calls_count", 0) for day in body.get("data", []))
+            detail = f"{len(body.get('data', []))} days, {calls:,} calls"
+        print(f"  {stored:>12,} rows: {path:<36} {times[name]:8.2f} ms ({detail})")
+    return times
+
+
+async def bench(args: argparse.Namespace) -> int:
+    async with benchdb.scratch_database(args.server) as url:
+        with tempfile.TemporaryDirectory(prefix="tallygate-stats-") as name:
+            tmp = Path(name)
+            print(f"loading {args.small:,} rows")
+            small_s = await load_rows(url, 1, args.small, args.days)
+            port = procs.free_port()
+            # The upstream is never called here; any free port will do.
+            config = write_gateway_config(tmp, port, procs.free_port(), url, "WARNING")
+            gateway = await asyncio.to_thread(
+                procs.start_child,
+                "tallygate",
+                [procs.PYTHON, "-m", "gateway", "serve", "--config", str(config)],
+                port, tmp, procs.clean_environment(), 60,
+            )  # fmt: skip
+            try:
+                small = await asyncio.to_thread(measure, port, args.repeats, args.small)
+                extra = args.rows - args.small
+                print(f"loading {extra:,} more rows")
+                large_s = await load_rows(url, 2, extra, args.days)
+                large = await asyncio.to_thread(measure, port, args.repeats, args.rows)
+            finally:
+                gateway.stop()
+    print(
+        f"load: {args.small:,} rows in {small_s:.1f} s, {extra:,} rows in "
+        f"{large_s:.1f} s ({extra / large_s:,.0f} rows/s, COPY plus rollup)"
+    )
+    met = True
+    for name, path in ENDPOINTS.items():
+        ratio = large[name] / small[name]
+        ok = ratio < TARGET_RATIO
+        met = met and ok
+        print(
+            f"{path}: {small[name]:.2f} ms at {args.small:,} rows, "
+            f"{large[name]:.2f} ms at {args.rows:,} rows = {ratio:.2f}× "
+            f"(target < {TARGET_RATIO}×: {'met' if ok else 'not met'})"
+        )
+    return 0 if met else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--small", type=int, default=10_000)
+    parser.add_argument("--rows", type=int, default=10_000_000, help="second size")
+    parser.add_argument("--days", type=int, default=90, help="days the rows span")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--server", default=benchdb.LOCAL_SERVER)
+    args = parser.parse_args(argv)
+    if args.rows <= args.small:
+        parser.error("--rows must be larger than --small")
+    return asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
