@@ -1,0 +1,71 @@
+"""
+The benchmark harness still works: its fake upstream and bare relay answer.
+
+The benchmarks themselves never run in the test suite; this only keeps their
+moving parts from rotting between runs.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from benchmarks import load, relay, upstream
+
+
+async def test_relay_forwards_a_plain_completion_with_its_usage(
+    aiohttp_server, aiohttp_client
+) -> None:
+    fake = await aiohttp_server(upstream.create_app(chunks=4))
+    client = await aiohttp_client(relay.create_app(str(fake.make_url(""))))
+
+    resp = await client.post(
+        "/v1/chat/completions",
+        data=load.chat_body(streamed=False),
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["usage"]["total_tokens"] == (
+        upstream.PROMPT_TOKENS + upstream.COMPLETION_TOKENS
+    )
+
+
+async def test_relay_streams_chunks_and_usage_when_asked(
+    aiohttp_server, aiohttp_client
+) -> None:
+    fake = await aiohttp_server(upstream.create_app(chunks=4))
+    client = await aiohttp_client(relay.create_app(str(fake.make_url(""))))
+    request = orjson.loads(load.chat_body(streamed=True))
+    request["stream_options"] = {"include_usage": True}
+
+    resp = await client.post("/v1/chat/completions", data=orjson.dumps(request))
+    text = await resp.text()
+
+    events = [e for e in text.split("\n\n") if e]
+    assert resp.content_type == "text/event-stream"
+    # 4 content chunks, the usage-only chunk, then [DONE].
+    assert len(events) == 6
+    assert events[-1] == "data: [DONE]"
+    assert orjson.loads(events[-2][len("data: ") :])["usage"]["prompt_tokens"] == 42
+
+
+async def test_upstream_counts_the_completions_it_answered(aiohttp_client) -> None:
+    client = await aiohttp_client(upstream.create_app(chunks=2))
+
+    for streamed in (False, True):
+        await (
+            await client.post("/v1/chat/completions", data=load.chat_body(streamed))
+        ).read()
+    resp = await client.get("/stats")
+
+    assert (await resp.json())["completions"] == 2
+
+
+def test_wrk_script_carries_the_body_and_prints_a_summary(tmp_path) -> None:
+    path = load.write_script(tmp_path, streamed=True)
+
+    script = path.read_text()
+
+    assert '"stream":true' in script
+    assert load.MARK in script
