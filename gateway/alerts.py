@@ -18,8 +18,10 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 from aiohttp import web
+from yarl import URL
 
 from gateway.config import AlertSettings
+from gateway.errors import ConfigError
 from gateway.keys import METRICS, SETTINGS
 from gateway.metrics import Metrics
 
@@ -60,15 +62,20 @@ class WebhookChannel:
 
     async def deliver(self, alert: Alert) -> None:
         body = orjson.dumps({"text": alert.text, **alert.facts})
-        async with self.session.post(
-            self.url,
-            data=body,
-            headers={"Content-Type": "application/json"},
-            timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S),
-        ) as response:
-            if response.status >= 300:
-                # The URL may hold a secret (Slack's does): never say it.
-                raise DeliveryError(f"webhook answered {response.status}")
+        try:
+            async with self.session.post(
+                self.url,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S),
+            ) as response:
+                status = response.status
+        # The URL may hold a secret (Slack's does): never say it.
+        except aiohttp.ClientError as exc:
+            text = describe(exc).replace(self.url, "(webhook url)")
+            raise DeliveryError(f"webhook failed: {text}") from None
+        if status >= 300:
+            raise DeliveryError(f"webhook answered {status}")
 
 
 @dataclass(slots=True)
@@ -191,17 +198,30 @@ def alerts_of(app: web.Application) -> Alerts:
     return app[ALERTS]
 
 
+def check_webhook_url(url: str) -> str:
+    """*url* if it is an http(s) URL with a host; ConfigError (url not shown) if not."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.scheme not in {"http", "https"} or not parsed.host:
+        raise ConfigError("alerts.webhook_url must be an http:// or https:// URL")
+    return url
+
+
 def setup(app: web.Application) -> None:
     settings = app[SETTINGS].alerts
     alerts = Alerts(settings, app[METRICS])
     app[ALERTS] = alerts
+    url = settings.webhook_url
+    if url is not None:
+        check_webhook_url(url.get_secret_value())
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         session: aiohttp.ClientSession | None = None
-        if settings.webhook_url is not None:
+        if url is not None:
             session = aiohttp.ClientSession()
-            url = settings.webhook_url.get_secret_value()
-            alerts.channels.append(WebhookChannel(session, url))
+            alerts.channels.append(WebhookChannel(session, url.get_secret_value()))
         yield
         await alerts.close()
         if session is not None:

@@ -6,7 +6,7 @@ Spent per limit is what the daily rollup holds for the window, re-read every
 plus what this process submitted to the recorder and the database does not
 hold yet, added the moment each call finishes. Which of those calls the
 database holds is asked by request id, in the same snapshot as the rollup
-read, so a call is never counted twice or missed between the two.
+read, so a call is neither counted twice nor missed between the two.
 
 Enforcement compares the cached figure with the limit: no I/O in the request
 path. A call is admitted while its window is under the limit, and its cost is
@@ -203,7 +203,6 @@ class BudgetWatcher:
         now = self.clock()
         first = min(window_bounds(x.window, now)[0] for x in self.limits).date()
         end = max(window_bounds(x.window, now)[1] for x in self.limits).date()
-        asked = list(self._pending)
         # One snapshot: a call is either in both the rollup and the rows, or
         # in neither, because the recorder writes both in one statement.
         async with (
@@ -211,6 +210,9 @@ class BudgetWatcher:
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             rows = await conn.fetch(READ_SPENT, first, end)
+            # Listed after the snapshot began: a call submitted later cannot
+            # be in it, so it stays pending, and none is counted twice.
+            asked = list(self._pending)
             stored = await conn.fetch(READ_STORED_IDS, asked) if asked else []
         for row in stored:
             self._pending.pop(row["request_id"], None)

@@ -8,8 +8,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.alerts import Alert, Alerts, WebhookChannel
+from gateway.alerts import Alert, Alerts, WebhookChannel, check_webhook_url
 from gateway.config import AlertSettings
+from gateway.errors import ConfigError
 from gateway.metrics import Metrics
 
 
@@ -127,3 +128,15 @@ async def test_close_cancels_deliveries_under_way() -> None:
 
     async with asyncio.timeout(5):
         await alerts.wait_delivered()
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://hooks.example/secret-part", "hooks.example/secret-part", "http://"]
+)
+def test_a_webhook_url_that_is_not_http_stops_startup_without_showing_it(
+    url: str,
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        check_webhook_url(url)
+
+    assert "secret-part" not in str(refused.value)
