@@ -368,6 +368,16 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/budget": {
+        "get": {
+            "operationId": "getBudget",
+            "summary": "Every configured budget: limit, spent, ratio and level.",
+            "responses": {
+                "200": read_json("BudgetList", "One entry per configured limit."),
+                "401": ERRORS["401"],
+            },
+        }
+    },
     "/api/openapi.json": {
         "get": {
             "operationId": "getOpenApi",
@@ -383,6 +393,23 @@ PATHS: dict[str, Any] = {
     },
 }
 
+SCHEMAS["BudgetStatus"] = obj(
+    {
+        "name": {"type": "string", "description": "daily, monthly, daily:<purpose>"},
+        "scope": {"type": "string", "description": "global or purpose:<name>"},
+        "window": {"type": "string", "enum": ["day", "month"]},
+        "limit_usd": USD,
+        "spent_usd": USD,
+        "ratio": {"type": "number", "minimum": 0},
+        "level": {"type": "string", "enum": ["green", "yellow", "red"]},
+        "enforce": {"type": "boolean"},
+        "window_start": TIMESTAMP,
+        "window_end": TIMESTAMP,
+    }
+)
+SCHEMAS["BudgetList"] = obj(
+    {"budgets": {"type": "array", "items": ref("BudgetStatus")}}
+)
 SCHEMAS["CycleList"] = obj({"cycles": {"type": "array", "items": ref("Cycle")}})
 SCHEMAS["CallList"] = obj({"calls": {"type": "array", "items": ref("Call")}})
 
