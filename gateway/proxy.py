@@ -144,7 +144,11 @@ async def forward(request: web.Request) -> web.StreamResponse:
     finally:
         elapsed_s = perf_counter() - started
         if call.accounted:
-            submit_record(app, call, timestamp, elapsed_s)
+            try:
+                submit_record(app, call, timestamp, elapsed_s)
+            # A bug in accounting must not cost the client its answer.
+            except Exception:
+                log.exception("could not record call %s", call.request_id)
         log.info(
             "%s %s -> %s %d %s %.0f ms",
             request.method,

@@ -80,6 +80,8 @@ class FakeUpstream:
         self.reasoning_tokens = 0
         # Seconds between stream events (a slow drip when above zero).
         self.event_delay_s = 0.0
+        # Streams being written right now.
+        self.open_streams = 0
         # The model reported back for a requested one, as OpenAI names snapshots.
         self.reported_models = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18"}
         self.app = web.Application()
@@ -457,6 +459,20 @@ class FakeUpstream:
             }
         )
         await response.prepare(request)
+        self.open_streams += 1
+        try:
+            await self.write_events(request, response, events, fault)
+        finally:
+            self.open_streams -= 1
+        return response
+
+    async def write_events(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        events: list[bytes],
+        fault: Fault,
+    ) -> None:
         for number, event in enumerate(events):
             if (
                 fault.reset_after_events is not None
@@ -465,12 +481,11 @@ class FakeUpstream:
                 # Gone mid-stream: no last chunk, so the reader sees a cut.
                 assert request.transport is not None
                 request.transport.close()
-                return response
+                return
             await response.write(event)
             if self.event_delay_s:
                 await asyncio.sleep(self.event_delay_s)
         await response.write_eof()
-        return response
 
 
 def is_deepseek(model: str) -> bool:

@@ -491,7 +491,10 @@ async def test_client_gone_mid_stream_leaves_one_estimated_row(
 
     async with aiohttp.ClientSession() as session:
         resp = await session.post(client.make_url("/v1/chat/completions"), json=body)
-        await resp.content.readany()
+        first = await resp.content.readany()
+        # Relayed as it comes: the first chunk is here while the rest is not.
+        assert first.startswith(b"data: ")
+        assert fake.open_streams == 1
         resp.close()
     # The gateway notices at its next write; wait until the row exists.
     for _ in range(200):

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway.errors import BadTagHeader
@@ -87,3 +89,16 @@ def test_a_bad_request_id_is_refused(value: str) -> None:
         read_request_id(CIMultiDict({"X-Request-Id": value}))
 
     assert caught.value.param == "X-Request-Id"
+
+
+@given(st.text(max_size=200), st.sampled_from(["X-Purpose", "X-Tag-Note", "X-Other"]))
+def test_any_header_value_is_read_or_refused_cleanly(value: str, name: str) -> None:
+    try:
+        tags = read_tags(CIMultiDict({name: value}))
+    except BadTagHeader as exc:
+        refused_param = exc.param
+        assert refused_param == name
+        return
+
+    stored = [tags.purpose, *tags.tags.values()]
+    assert all(v is None or (v.isprintable() and len(v) <= 128) for v in stored)
