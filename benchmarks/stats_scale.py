@@ -172,7 +172,7 @@ def measure(port: int, repeats: int, stored: int) -> dict[str, float]:
         if name == "month":
             detail = f"api_calls_count {body.get('api_calls_count')}"
         else:
-            calls = sum(day.get("api_calls_count", 0) for day in body.get("data", []))
+            calls = sum(day.get("calls", 0) for day in body.get("data", []))
             detail = f"{len(body.get('data', []))} days, {calls:,} calls"
         print(f"  {stored:>12,} rows: {path:<36} {times[name]:8.2f} ms ({detail})")
     return times
