@@ -497,14 +497,16 @@ class PageDriver:
 
 @contextlib.asynccontextmanager
 async def open_page(
-    target: DashboardTarget, chromium: Path
+    target: DashboardTarget, chromium: Path, *, screenshots: bool = False
 ) -> AsyncIterator[PageDriver]:
+    """Run the e2e script on *target*; with *screenshots*, also every layout."""
     env = {
         **os.environ,
         "DASHBOARD_URL": target.url,
         "ADMIN_TOKEN": target.admin_token or "",
         "ARTIFACTS_DIR": str(ARTIFACTS),
         "CHROMIUM": str(chromium),
+        "SCREENSHOTS": "1" if screenshots else "0",
     }
     process = await asyncio.create_subprocess_exec(
         "node",
@@ -566,7 +568,7 @@ async def test_page_shows_the_api_figures(dashboard_target, chromium) -> None:
     cycles = (await target.api("/api/token-usage/cycles?limit=20"))["cycles"]
     calls = (await target.api("/api/token-usage/calls?limit=50"))["calls"]
 
-    async with open_page(target, chromium) as page:
+    async with open_page(target, chromium, screenshots=True) as page:
         loaded = await page.read("loaded")
         wide, narrow = loaded["wide"], loaded["narrow"]
 
@@ -650,6 +652,7 @@ async def test_period_and_history_range_are_selectable(
     assert shown_week["report"]["periodRange"].startswith("This week")
     assert "/api/token-usage?period=week" in shown_week["apiRequests"]
     assert "/api/token-usage/history?days=30" in shown_days["apiRequests"]
+    assert shown_days["report"]["fragment"] == "#period=week&days=30"
     assert shown_days["report"]["charts"]["chart-history"]["painted"] > 2000
 
 

@@ -13,7 +13,8 @@
 //   quit      close the browser and exit
 //
 // Environment: DASHBOARD_URL (required), ADMIN_TOKEN, ARTIFACTS_DIR
-// (default test-artifacts), CHROMIUM (default /usr/bin/chromium).
+// (default test-artifacts), CHROMIUM (default /usr/bin/chromium), and
+// SCREENSHOTS=0 to skip the screenshots and narrow layouts after loading.
 
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
@@ -29,6 +30,7 @@ if (!url) {
 const adminToken = process.env.ADMIN_TOKEN ?? "";
 const artifacts = process.env.ARTIFACTS_DIR ?? "test-artifacts";
 const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const screenshots = process.env.SCREENSHOTS !== "0";
 const WAIT_MS = 20_000;
 
 function emit(event, data) {
@@ -93,32 +95,12 @@ async function run() {
   await waitForCharts(page);
 
   const wide = await inspect(page);
-  await shoot(page, "dashboard-1280.png");
-  await page.emulateMedia({ colorScheme: "dark" });
-  await settle(page);
-  await shoot(page, "dashboard-1280-dark.png");
-
-  await page.setViewportSize({ width: 375, height: 812 });
-  await settle(page);
-  await shoot(page, "dashboard-375-dark.png");
-  await page.emulateMedia({ colorScheme: "light" });
-  await settle(page);
-  await shoot(page, "dashboard-375.png");
-  const narrow = await inspect(page);
-  await page.setViewportSize({ width: 360, height: 740 });
-  await settle(page);
-  const narrowest = await inspect(page);
-  await page.setViewportSize({ width: 1920, height: 1080 });
-  await settle(page);
-  await shoot(page, "dashboard-1920.png");
-  await page.setViewportSize({ width: 1280, height: 900 });
-  await settle(page);
+  const layouts = screenshots ? await shootLayouts(page) : { narrow: null, narrowest: null };
 
   emit("loaded", {
     askedForToken,
     wide,
-    narrow,
-    narrowest,
+    ...layouts,
     pageErrors: [...pageErrors],
     apiAuthorization: [...apiAuthorization],
   });
@@ -157,6 +139,32 @@ async function run() {
   await context.close();
 }
 
+/** Screenshots in both schemes from 1920 px down, and reports at 375 and 360 px. */
+async function shootLayouts(page) {
+  await shoot(page, "dashboard-1280.png");
+  await page.emulateMedia({ colorScheme: "dark" });
+  await settle(page);
+  await shoot(page, "dashboard-1280-dark.png");
+
+  await page.setViewportSize({ width: 375, height: 812 });
+  await settle(page);
+  await shoot(page, "dashboard-375-dark.png");
+  await page.emulateMedia({ colorScheme: "light" });
+  await settle(page);
+  await shoot(page, "dashboard-375.png");
+  const narrow = await inspect(page);
+  await page.setViewportSize({ width: 360, height: 740 });
+  await settle(page);
+  const narrowest = await inspect(page);
+  await page.setViewportSize({ width: 1920, height: 1080 });
+  await settle(page);
+  await shoot(page, "dashboard-1920.png");
+
+  await page.setViewportSize({ width: 1280, height: 900 });
+  await settle(page);
+  return { narrow, narrowest };
+}
+
 async function answerTokenForm(page) {
   // Either the first refresh lands, or the page asks for the token.
   await page.waitForFunction(
@@ -173,7 +181,9 @@ async function answerTokenForm(page) {
   if (!adminToken) {
     throw new Error("the page asked for an admin token and ADMIN_TOKEN is not set");
   }
-  await shoot(page, "dashboard-token-form.png");
+  if (screenshots) {
+    await shoot(page, "dashboard-token-form.png");
+  }
   await page.fill("#token-input", adminToken);
   await afterRefresh(page, () => page.click("#token-form button[type=submit]"));
   return true;
@@ -286,6 +296,7 @@ function inspect(page) {
       ),
       lastRefresh: text(document.querySelector("#last-refresh")),
       periodRange: text(document.querySelector("#period-range")),
+      fragment: location.hash,
       viewportWidth: window.innerWidth,
       scrollWidth: document.documentElement.scrollWidth,
     };

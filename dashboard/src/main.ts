@@ -48,8 +48,6 @@ const HISTORY_DAYS = [7, 30, 90] as const;
 const CYCLES_LIMIT = 20;
 const CALLS_LIMIT = 50;
 const DEFAULT_REFRESH_MS = 60_000;
-const PERIOD_KEY = "tallygate.period";
-const HISTORY_KEY = "tallygate.historyDays";
 
 const SECTION_NAMES: Record<Section, string> = {
   usage: "period totals",
@@ -99,14 +97,36 @@ function setKpi(name: string, text: string, raw: number | null): void {
   element.dataset["value"] = raw === null ? "" : String(raw);
 }
 
-function storedPeriod(): SelectablePeriod {
-  const value = localStorage.getItem(PERIOD_KEY);
+// The chosen period and range live in the URL's fragment (`#period=week&days=30`),
+// so a reload or a bookmark keeps them and a fresh visit starts on today.
+function fragmentParams(): URLSearchParams {
+  return new URLSearchParams(location.hash.slice(1));
+}
+
+function periodFromUrl(): SelectablePeriod {
+  const value = fragmentParams().get("period");
   return PERIODS.find((period) => period === value) ?? "today";
 }
 
-function storedHistoryDays(): number {
-  const value = Number(localStorage.getItem(HISTORY_KEY));
+function historyDaysFromUrl(): number {
+  const value = Number(fragmentParams().get("days"));
   return HISTORY_DAYS.find((days) => days === value) ?? HISTORY_DAYS[0];
+}
+
+function rememberChoices(): void {
+  const params = new URLSearchParams();
+  if (state.period !== "today") {
+    params.set("period", state.period);
+  }
+  if (state.historyDays !== HISTORY_DAYS[0]) {
+    params.set("days", String(state.historyDays));
+  }
+  const fragment = params.toString();
+  window.history.replaceState(
+    null,
+    "",
+    fragment ? `#${fragment}` : location.pathname + location.search,
+  );
 }
 
 interface State {
@@ -128,8 +148,8 @@ const tokens = browserTokenStore(localStorage);
 const api = new ApiClient({ tokens });
 
 const state: State = {
-  period: storedPeriod(),
-  historyDays: storedHistoryDays(),
+  period: periodFromUrl(),
+  historyDays: historyDaysFromUrl(),
   refreshMs: readRefreshMs(location.search),
   generation: 0,
   lastSuccess: null,
@@ -519,7 +539,6 @@ function wireTokenForm(): void {
 
 function selectPeriod(period: SelectablePeriod): void {
   state.period = period;
-  localStorage.setItem(PERIOD_KEY, period);
   for (const button of document.querySelectorAll<HTMLButtonElement>("[data-period]")) {
     button.setAttribute("aria-pressed", String(button.dataset["period"] === period));
   }
@@ -531,6 +550,7 @@ function wireControls(): void {
       const period = PERIODS.find((item) => item === button.dataset["period"]);
       if (period !== undefined && period !== state.period) {
         selectPeriod(period);
+        rememberChoices();
         void refresh();
       }
     });
@@ -540,7 +560,7 @@ function wireControls(): void {
   days.value = String(state.historyDays);
   days.addEventListener("change", () => {
     state.historyDays = Number(days.value);
-    localStorage.setItem(HISTORY_KEY, days.value);
+    rememberChoices();
     void refresh();
   });
 
