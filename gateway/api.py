@@ -220,13 +220,14 @@ def read_moment(request: web.Request, name: str, *, is_end: bool) -> datetime | 
                 day += timedelta(days=1)
             return datetime.combine(day, time.min, UTC)
         moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        # Near year 1 or 9999 an offset can push the moment out of range.
+        return moment.astimezone(UTC)
     except (ValueError, OverflowError):
         raise BadParameter(
             f"{name} must be an ISO 8601 date or timestamp", param=name
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 # -- handlers -----------------------------------------------------------------

@@ -178,13 +178,14 @@ def read_timestamp(body: dict[str, Any], now: datetime) -> datetime:
         raise BadParameter("timestamp must be an ISO 8601 string", param="timestamp")
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        # Near year 1 or 9999 an offset can push the moment out of range.
+        moment = moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise BadParameter(
             "timestamp must be an ISO 8601 string", param="timestamp"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
     if not EARLIEST <= moment <= now + MAX_CLOCK_SKEW:
         raise BadParameter(
             "timestamp must be after 2000 and not in the future", param="timestamp"
@@ -356,7 +357,7 @@ async def ingest(app: web.Application, body: Any) -> tuple[Ingested, bool]:
     """
     record, named_provider = build_record(body, app[CLOCK]())
     provider = price_provider(app, record, named_provider)
-    if "request_id" not in body:
+    if body.get("request_id") is None:
         return await record_new(app, record, provider), False
 
     recent = app[RECENT]

@@ -425,6 +425,8 @@ BAD_PARAMETERS = [
     ("/api/token-usage/calls?limit=1.5", "limit"),
     ("/api/token-usage/export.csv?from=yesterday", "from"),
     ("/api/token-usage/export.csv?to=2030-13-01", "to"),
+    ("/api/token-usage/export.csv?to=9999-12-31", "to"),
+    ("/api/token-usage/export.csv?from=0001-01-01T00:00:00%2B01:00", "from"),
     ("/api/token-usage/export.csv?from=2030-03-02&to=2030-03-01", "to"),
 ]
 

@@ -212,6 +212,7 @@ BAD_BODIES = [
     ({**GOOD, "timestamp": "2030-03-02T00:00:00Z"}, "timestamp"),
     ({**GOOD, "timestamp": "1999-12-31T00:00:00Z"}, "timestamp"),
     ({**GOOD, "timestamp": 1234}, "timestamp"),
+    ({**GOOD, "timestamp": "0001-01-01T00:00:00+01:00"}, "timestamp"),
     ({**GOOD, "request_id": "has space"}, "request_id"),
     ({**GOOD, "request_id": "r" * 129}, "request_id"),
     ({**GOOD, "upstream": ""}, "upstream"),
