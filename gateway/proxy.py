@@ -101,7 +101,9 @@ PROXY = web.AppKey("proxy", Proxy)
 def setup(app: web.Application) -> None:
     """Route ``/v1/...`` and ``/<upstream>/v1/...`` through the proxy."""
     settings = app[SETTINGS]
-    app[PRICES] = PriceBook(settings.pricing)
+    # One book per application, whichever concept is set up first makes it.
+    if PRICES not in app:
+        app[PRICES] = PriceBook(settings.pricing)
     proxy = Proxy(settings, app[PRICES])
     app[PROXY] = proxy
 
