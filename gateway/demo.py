@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 TICKERS = ("AAPL", "MSFT", "NVDA", "TSLA", "AMZN", "META", "BTC-USD", "ETH-USD")
 STRATEGIES = ("momentum", "mean_reversion", "breakout")
 AGENT_API_KEY = "sk-demo-agent"
+TAG_HEADERS = {"x-purpose", "x-ticker", "x-cycle-id"}
+REPLY_WORDS = (
+    "momentum", "support", "resistance", "volume", "earnings", "guidance", "hold",
+    "buy", "sell", "volatility", "spread", "trend", "breakout", "risk", "position",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +140,16 @@ def openai_error(message: str, type_: str, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
+def carries_tags(request: web.Request) -> bool:
+    names = {name.lower() for name in request.headers}
+    return bool(names & TAG_HEADERS) or any(n.startswith("x-tag-") for n in names)
+
+
 async def answer_chat(request: web.Request) -> web.StreamResponse:
     upstream_log = request.app[UPSTREAM_LOG]
     behaviour = request.app[UPSTREAM_BEHAVIOUR]
     rng = request.app[UPSTREAM_RANDOM]
-    if any(name.lower().startswith("x-tag-") or name.lower() in TAG_HEADERS
-           for name in request.headers):  # fmt: skip
+    if carries_tags(request):
         upstream_log.tag_headers_seen += 1
     if not request.headers.get("Authorization", "").startswith("Bearer "):
         upstream_log.unauthorized += 1
@@ -199,13 +208,6 @@ async def answer_chat(request: web.Request) -> web.StreamResponse:
         "system_fingerprint": "fp_demo",
     }
     return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
-
-
-TAG_HEADERS = {"x-purpose", "x-ticker", "x-cycle-id"}
-REPLY_WORDS = (
-    "momentum", "support", "resistance", "volume", "earnings", "guidance", "hold",
-    "buy", "sell", "volatility", "spread", "trend", "breakout", "risk", "position",
-)  # fmt: skip
 
 
 def completion_id(profile: ModelProfile) -> str:
