@@ -20,8 +20,11 @@ replays a body from the recorded fixtures as it was stored (status from
 
 Faults are programmed per request, in order: ``fail_next`` (a status, body
 and headers such as ``retry-after``), ``stall_next`` (no answer for a while),
-``reset_next`` (cut the stream after some events). Every request received is
-kept in ``received`` (raw path, headers, body).
+``reset_next`` (cut the stream after some events), ``hold_next`` (stop a
+stream after some events until released), ``stream_next`` (raw event-stream
+bytes, malformed ones included) and ``stream_endlessly_next`` (a stream that
+never ends). Every request received is kept in ``received`` (raw path,
+headers, body).
 """
 
 from __future__ import annotations
@@ -66,6 +69,13 @@ class Fault:
     stall_s: float = 0.0
     # Cut the connection after this many stream events.
     reset_after_events: int | None = None
+    # Write this many stream events, then wait for ``release`` before the rest.
+    hold_after_events: int | None = None
+    release: asyncio.Event | None = None
+    # Answer 200 with these bytes as an event stream, one write each.
+    raw_events: list[bytes] | None = None
+    # Answer 200 with an event stream that repeats these bytes until cut.
+    endless: bytes | None = None
 
 
 class FakeUpstream:
@@ -82,6 +92,8 @@ class FakeUpstream:
         self.event_delay_s = 0.0
         # Streams being written right now.
         self.open_streams = 0
+        # Stream events written so far, over all requests.
+        self.events_written = 0
         # The model reported back for a requested one, as OpenAI names snapshots.
         self.reported_models = {"gpt-4o-mini": "gpt-4o-mini-2024-07-18"}
         self.app = web.Application()
@@ -106,6 +118,20 @@ class FakeUpstream:
 
     def reset_next(self, after_events: int) -> None:
         self.faults.append(Fault(reset_after_events=after_events))
+
+    def hold_next(self, after_events: int) -> asyncio.Event:
+        """Hold the next stream after *after_events* events; set the event to go on."""
+        release = asyncio.Event()
+        self.faults.append(Fault(hold_after_events=after_events, release=release))
+        return release
+
+    def stream_next(self, events: list[bytes]) -> None:
+        """Answer the next request with *events* as they are, whatever it asked."""
+        self.faults.append(Fault(raw_events=events))
+
+    def stream_endlessly_next(self, piece: bytes) -> None:
+        """Answer the next request with *piece* repeated until the reader leaves."""
+        self.faults.append(Fault(endless=piece))
 
     @property
     def words(self) -> list[str]:
@@ -133,6 +159,10 @@ class FakeUpstream:
         if fault.status is not None:
             headers = {"Content-Type": "application/json", **fault.headers}
             return web.Response(status=fault.status, body=fault.body, headers=headers)
+        if fault.raw_events is not None:
+            return await self.stream(request, fault.raw_events, fault, raw=True)
+        if fault.endless is not None:
+            return await self.stream_endlessly(request, fault.endless)
 
         payload: dict[str, Any] = {}
         if body:
@@ -482,10 +512,31 @@ class FakeUpstream:
                 assert request.transport is not None
                 request.transport.close()
                 return
+            if number == fault.hold_after_events and fault.release is not None:
+                await fault.release.wait()
             await response.write(event)
+            self.events_written += 1
             if self.event_delay_s:
                 await asyncio.sleep(self.event_delay_s)
         await response.write_eof()
+
+    async def stream_endlessly(
+        self, request: web.Request, piece: bytes
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream; charset=utf-8"}
+        )
+        await response.prepare(request)
+        self.open_streams += 1
+        try:
+            while True:
+                await response.write(piece)
+                self.events_written += 1
+        # The reader left: that is how an endless stream ends.
+        except ConnectionResetError:
+            return response
+        finally:
+            self.open_streams -= 1
 
 
 def is_deepseek(model: str) -> bool:

@@ -1,0 +1,87 @@
+"""
+What the fault, hostile-input and secrets tests share: a fake upstream on
+loopback, a gateway in front of it, and the rows it stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.keys import RECORDER
+from tests.fake_upstream import FakeUpstream
+
+CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def start_fake(aiohttp_server: Any) -> FakeUpstream:
+    """Serve a new fake upstream; its ``/v1`` URL is ``base_url``."""
+    upstream = FakeUpstream()
+    server: TestServer = await aiohttp_server(upstream.app)
+    upstream.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
+    return upstream
+
+
+def upstreams_at(base_url: str, **upstream: Any) -> dict[str, Any]:
+    """The openai (default) and deepseek upstreams, both at *base_url*."""
+    return {
+        "openai": {"base_url": base_url, "default": True, **upstream},
+        "deepseek": {"base_url": base_url, "models": ["deepseek-*"], **upstream},
+    }
+
+
+def chat_body(*, stream: bool = False, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MESSAGES, **extra}
+    if stream:
+        body["stream"] = True
+    return body
+
+
+async def stored_rows(app: web.Application, pool: asyncpg.Pool) -> list[Any]:
+    """Every row of llm_usage once *app*'s recorder has written what it holds."""
+    await app[RECORDER].flush()
+    return await pool.fetch('SELECT * FROM llm_usage ORDER BY "timestamp", request_id')
+
+
+async def rows_when(
+    client: TestClient, pool: asyncpg.Pool, count: int, limit_s: float = 20
+) -> list[Any]:
+    """
+    Poll until *count* rows are stored; return them.
+
+    For calls the gateway finishes after the client has gone: their row
+    is written when the handler notices, not when the test stops reading.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while True:
+        rows = await stored_rows(client.server.app, pool)
+        if len(rows) >= count or loop.time() > deadline:
+            return rows
+        await asyncio.sleep(0.02)
+
+
+async def send_raw(host: str, port: int, data: bytes) -> bytes:
+    """Send *data* on a new connection and return all the server answered."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def status_of(answer: bytes) -> int:
+    """The status code of a raw HTTP/1.1 answer."""
+    return int(answer.split(b" ", 2)[1])
+
+
+def body_of(answer: bytes) -> bytes:
+    return answer.partition(b"\r\n\r\n")[2]

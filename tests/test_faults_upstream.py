@@ -1,0 +1,406 @@
+"""
+The upstream misbehaves: refuses, resets, stalls, drips, sends garbage or
+never stops. Each test checks what the client got and the row that says
+what happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.sse import MAX_EVENT_BYTES, StreamScanner
+from gateway.usage import estimate_tokens
+from tests.fake_upstream import FakeUpstream
+from tests.harness import (
+    CHAT,
+    chat_body,
+    rows_when,
+    start_fake,
+    stored_rows,
+    upstreams_at,
+)
+
+Gateway = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def fake(aiohttp_server: Any) -> FakeUpstream:
+    return await start_fake(aiohttp_server)
+
+
+@pytest.fixture
+def gateway(
+    aiohttp_client: Any, make_settings: Any, db_pool: asyncpg.Pool, fake: FakeUpstream
+) -> Gateway:
+    async def start(**upstream: Any) -> TestClient:
+        base = fake.base_url  # type: ignore[attr-defined]
+        settings = make_settings(upstreams=upstreams_at(base, **upstream))
+        return await aiohttp_client(create_app(settings))
+
+    return start
+
+
+async def read_until_cut(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """Return the bytes read and whether the stream broke instead of ending."""
+    got = bytearray()
+    try:
+        while data := await resp.content.readany():
+            got += data
+    except aiohttp.ClientPayloadError:
+        return bytes(got), True
+    return bytes(got), False
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+async def test_refused_connection_on_a_stream_is_a_502_and_a_row_of_nothing(
+    aiohttp_client: Any, make_settings: Any, db_pool: asyncpg.Pool, unused_tcp_port: int
+) -> None:
+    settings = make_settings(
+        upstreams={"openai": {"base_url": f"http://127.0.0.1:{unused_tcp_port}/v1"}}
+    )
+    client = await aiohttp_client(create_app(settings))
+
+    resp = await client.post(
+        CHAT, json=chat_body(stream=True), headers={"X-Request-Id": "refused-1"}
+    )
+
+    assert resp.status == 502
+    assert resp.headers["X-Request-Id"] == "refused-1"
+    error = (await resp.json())["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "upstream_error")
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["request_id"], row["status"], row["error"]) == (
+        "refused-1",
+        502,
+        "upstream_error",
+    )
+    # Nothing was sent, so nothing can have been billed.
+    assert (row["total_tokens"], row["usage_complete"]) == (0, True)
+    assert not row["usage_estimated"]
+
+
+async def test_reset_mid_stream_relays_what_came_then_breaks(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    client = await gateway()
+    fake.answer = "one two three four five six"
+    fake.reset_next(after_events=4)
+    body = orjson.dumps(chat_body(stream=True, stream_options={"include_usage": True}))
+
+    resp = await client.post(
+        CHAT, data=body, headers={"Content-Type": "application/json"}
+    )
+    got, broken = await read_until_cut(resp)
+
+    assert resp.status == 200
+    assert broken
+    events = got.split(b"\n\n")
+    assert len(events) == 5
+    assert events[-1] == b""
+    assert all(e.startswith(b"data: {") for e in events[:4])
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["status"], row["error"], row["streamed"]) == (
+        200,
+        "upstream_reset",
+        True,
+    )
+    assert not row["usage_complete"]
+    assert row["usage_estimated"]
+    # Estimated from the size of what the client sent.
+    assert row["input_tokens"] == estimate_tokens(len(body))
+    assert row["output_tokens"] == 4
+    assert row["total_cost_usd"] > 0
+
+
+async def test_stall_before_headers_on_a_stream_is_a_504_and_an_estimated_row(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    client = await gateway(timeout_s=0.3)
+    fake.stall_next(1.0)
+
+    resp = await client.post(CHAT, json=chat_body(stream=True))
+
+    assert resp.status == 504
+    assert (await resp.json())["error"]["code"] == "upstream_timeout"
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["status"], row["error"]) == (504, "upstream_timeout")
+    assert row["usage_estimated"]
+    assert not row["usage_complete"]
+    assert row["input_tokens"] > 0
+
+
+async def test_stall_mid_stream_times_out_into_a_cut_and_a_row(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    client = await gateway(timeout_s=0.5)
+    release = fake.hold_next(after_events=2)
+
+    try:
+        resp = await client.post(CHAT, json=chat_body(stream=True))
+        got, broken = await read_until_cut(resp)
+    finally:
+        release.set()
+
+    assert resp.status == 200
+    assert broken
+    assert got.count(b"\n\n") == 2
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["status"], row["error"]) == (200, "upstream_timeout")
+    assert row["usage_estimated"]
+    assert not row["usage_complete"]
+    assert row["output_tokens"] == 2
+
+
+async def test_a_slow_drip_is_relayed_as_it_comes(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    """The first chunk reaches the client while the upstream still holds the rest."""
+    client = await gateway()
+    fake.answer = " ".join(f"w{i}" for i in range(30))
+    fake.event_delay_s = 0.002
+    release = fake.hold_next(after_events=1)
+
+    try:
+        resp = await client.post(CHAT, json=chat_body(stream=True))
+        first = await resp.content.readuntil(b"\n\n")
+        written_when_first_arrived = fake.events_written
+    finally:
+        release.set()
+    rest = await resp.read()
+
+    assert first.startswith(b"data: {")
+    assert written_when_first_arrived == 1
+    # role chunk, 30 words, finish chunk, [DONE]; the usage chunk is hidden.
+    assert (first + rest).count(b"\n\n") == 33
+    assert fake.events_written == 34
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["output_tokens"], row["usage_complete"], row["error"]) == (
+        30,
+        True,
+        None,
+    )
+
+
+async def test_malformed_json_with_200_is_relayed_and_billed_as_estimated(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    client = await gateway()
+    broken = b'{"id": "chatcmpl-x", "choices": [{"message": '
+    fake.fail_next(200, body=broken)
+
+    resp = await client.post(CHAT, json=chat_body())
+
+    assert resp.status == 200
+    assert await resp.read() == broken
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["status"], row["error"]) == (200, "no_usage")
+    assert row["usage_estimated"]
+    assert not row["usage_complete"]
+    assert row["output_tokens"] == estimate_tokens(len(broken))
+    assert row["model"] == "gpt-4o-mini"
+
+
+@pytest.mark.parametrize(
+    ("events", "finished"),
+    [
+        ([b"garbage line\n", b"data: {not json\n", b"\x00\xff\xfe more\n"], False),
+        ([b'data: {"a": 1}\ndata: x\n', b"event: ??\n", b"data: [DONE]\n\n"], True),
+        ([b"\r\r\r", b'data: {"usage": {"prompt_tokens": "x"}}\n\n'], False),
+    ],
+    ids=["no-blank-lines", "garbage-then-done", "bad-usage"],
+)
+async def test_malformed_event_stream_is_relayed_unchanged_and_flagged(
+    gateway: Gateway,
+    fake: FakeUpstream,
+    db_pool: asyncpg.Pool,
+    events: list[bytes],
+    finished: bool,
+) -> None:
+    client = await gateway()
+    fake.stream_next(events)
+
+    resp = await client.post(CHAT, json=chat_body(stream=True))
+    got, broken = await read_until_cut(resp)
+
+    assert resp.status == 200
+    assert not broken
+    assert got == b"".join(events)
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert row["status"] == 200
+    assert row["usage_estimated"]
+    assert not row["usage_complete"]
+    assert row["input_tokens"] > 0
+    # [DONE] came, so the stream ended whole, just without usage; without it
+    # the row says the stream did not finish.
+    if finished:
+        assert row["error"] == "no_usage"
+    else:
+        assert row["error"] not in (None, "no_usage")
+
+
+async def test_an_endless_stream_ends_at_the_timeout(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    client = await gateway(timeout_s=0.5)
+    fake.stream_endlessly_next(b"data: " + b"x" * 4090 + b"\n")
+
+    resp = await client.post(CHAT, json=chat_body(stream=True))
+    got, broken = await read_until_cut(resp)
+
+    assert resp.status == 200
+    assert broken
+    # No blank line ever came, yet bytes flowed: the scanner did not hold them.
+    assert len(got) > MAX_EVENT_BYTES
+    (row,) = await rows_when(client, db_pool, 1)
+    assert (row["status"], row["error"]) == (200, "upstream_timeout")
+    assert not row["usage_complete"]
+
+
+async def test_an_endless_stream_ends_when_the_client_leaves(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    client = await gateway()
+    event = b'data: {"choices": []}\n\n'
+    fake.stream_endlessly_next(event * 200)
+
+    resp = await client.post(CHAT, json=chat_body(stream=True))
+    read = 0
+    while read < 2 * MAX_EVENT_BYTES:
+        read += len(await resp.content.readany())
+    resp.close()
+
+    (row,) = await rows_when(client, db_pool, 1)
+    assert row["error"] == "client_disconnected"
+    assert not row["usage_complete"]
+    assert row["output_tokens"] > 0
+    # Every event seen was a data event: the estimate counts them.
+    assert row["output_tokens"] >= read // len(event)
+
+
+@pytest.mark.parametrize("piece_bytes", [997, 65536])
+def test_the_scanner_holds_at_most_one_event_of_a_stream_without_blank_lines(
+    piece_bytes: int,
+) -> None:
+    """Fed 4 MiB and more with no event end, what it holds back stays bounded."""
+    scanner = StreamScanner(hide_usage_chunk=True)
+    piece = (b"data: {" + b"y" * piece_bytes)[:piece_bytes]
+    fed = relayed = most_held = 0
+
+    while fed < 4 * MAX_EVENT_BYTES + piece_bytes:
+        relayed += len(scanner.feed(piece))
+        fed += piece_bytes
+        most_held = max(most_held, fed - relayed)
+    relayed += len(scanner.close())
+
+    assert most_held <= MAX_EVENT_BYTES + piece_bytes
+    # What is past the bound is relayed unscanned; only two bytes stay held.
+    assert fed - relayed <= 2
+
+
+async def test_a_json_answer_without_usage_says_so(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    client = await gateway()
+    answer = orjson.dumps(
+        {
+            "id": "chatcmpl-x",
+            "object": "chat.completion",
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [{"index": 0, "message": {"content": "hello there"}}],
+        }
+    )
+    fake.fail_next(200, body=answer)
+
+    resp = await client.post(CHAT, json=chat_body())
+
+    assert await resp.read() == answer
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["status"], row["error"], row["model"]) == (
+        200,
+        "no_usage",
+        "gpt-4o-mini-2024-07-18",
+    )
+    assert row["usage_estimated"]
+    assert not row["usage_complete"]
+    assert row["output_tokens"] == estimate_tokens(len(answer))
+    assert row["total_cost_usd"] > 0
+
+
+async def test_a_stream_without_usage_says_so(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    client = await gateway()
+    chunk = {"object": "chat.completion.chunk", "model": "gpt-4o-mini", "choices": []}
+    events = [sse(chunk), sse(chunk), sse(chunk), b"data: [DONE]\n\n"]
+    fake.stream_next(events)
+
+    resp = await client.post(CHAT, json=chat_body(stream=True))
+
+    assert await resp.read() == b"".join(events)
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["error"], row["output_tokens"], row["model"]) == (
+        "no_usage",
+        3,
+        "gpt-4o-mini",
+    )
+    assert row["usage_estimated"]
+    assert not row["usage_complete"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type"),
+    [
+        (400, b'{"error": {"message": "bad", "type": "x"}}', "application/json"),
+        (401, b"", "application/json"),
+        (404, b"not here", "text/plain"),
+        (500, b"", "text/plain"),
+        (502, b"<html>bad gateway</html>", "text/html"),
+        (503, b'{"error": {"message": "overloaded"}}', "application/json"),
+    ],
+)
+async def test_error_statuses_pass_through_and_are_recorded(
+    gateway: Gateway,
+    fake: FakeUpstream,
+    db_pool: asyncpg.Pool,
+    status: int,
+    body: bytes,
+    content_type: str,
+) -> None:
+    client = await gateway()
+    fake.fail_next(status, body=body, headers={"Content-Type": content_type})
+
+    resp = await client.post(CHAT, json=chat_body())
+
+    assert resp.status == status
+    assert await resp.read() == body
+    assert resp.content_type == content_type
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert row["status"] == status
+    assert row["total_tokens"] == 0
+    assert row["total_cost_usd"] == 0
+
+
+async def test_an_error_status_on_a_stream_request_passes_through(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    client = await gateway()
+    fake.fail_next(429, headers={"retry-after": "3"})
+
+    resp = await client.post(CHAT, json=chat_body(stream=True))
+
+    assert resp.status == 429
+    assert resp.headers["retry-after"] == "3"
+    assert (await resp.json())["error"]["message"] == "fake 429"
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["status"], row["total_tokens"]) == (429, 0)
