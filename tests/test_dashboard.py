@@ -223,22 +223,32 @@ def chromium() -> Path:
 @pytest.fixture(scope="session")
 def dashboard_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The dashboard built from the current sources into a scratch directory."""
-    if not (NODE_MODULES / ".bin" / "vite").exists():
+    vite = NODE_MODULES / ".bin" / "vite"
+    if not vite.exists() or not (NODE_MODULES / "playwright-core").is_dir():
         pytest.skip("dashboard/node_modules is missing (cd dashboard && npm ci)")
     out = tmp_path_factory.mktemp("dashboard-build")
-    subprocess.run(
-        [str(NODE_MODULES / ".bin" / "vite"), "build", "--outDir", str(out)],
+    built = subprocess.run(
+        [str(vite), "build", "--outDir", str(out)],
         cwd=DASHBOARD_SRC,
-        check=True,
         capture_output=True,
+        text=True,
         timeout=120,
     )
+    if built.returncode != 0:
+        pytest.fail(f"vite build failed:\n{built.stdout}\n{built.stderr}")
     return out
 
 
 @dataclass
 class DashboardTarget:
-    """A running server with the dashboard and the usage API, as the tests see it."""
+    """
+    A running server with the dashboard and the usage API, as the tests see it.
+
+    The browser tests need only this: to run them against a real gateway,
+    write a fixture that starts one on seeded data and yields a target whose
+    ``api`` reads its JSON (with the admin token, if any) and whose ``stop``
+    makes it unreachable.
+    """
 
     url: str
     admin_token: str | None
@@ -560,7 +570,7 @@ def check_budgets(shown: dict[str, Any], budgets: dict[str, Any]) -> None:
 
 
 @pytest.mark.browser
-async def test_page_shows_the_api_figures(dashboard_target, chromium) -> None:
+async def test_page_shows_the_api_figures(chromium, dashboard_target) -> None:
     """KPIs equal the JSON, charts are drawn, bars follow the level, phones fit."""
     target = dashboard_target
     today = await target.api("/api/token-usage?period=today")
@@ -637,7 +647,7 @@ async def test_page_shows_the_api_figures(dashboard_target, chromium) -> None:
 
 @pytest.mark.browser
 async def test_period_and_history_range_are_selectable(
-    dashboard_target, chromium
+    chromium, dashboard_target
 ) -> None:
     target = dashboard_target
     week = await target.api("/api/token-usage?period=week")
@@ -658,7 +668,7 @@ async def test_period_and_history_range_are_selectable(
 
 @pytest.mark.browser
 async def test_page_says_when_the_gateway_is_unreachable(
-    dashboard_target, chromium
+    chromium, dashboard_target
 ) -> None:
     """Once the server is gone the banner shows and the figures are greyed."""
     target = dashboard_target
