@@ -89,9 +89,13 @@ def setting_exists(name: str) -> bool:
     return True
 
 
-def app_paths() -> set[str]:
+def app_routes() -> set[tuple[str, str]]:
     app = create_app(load_settings(environ={}))
-    return {route.resource.canonical for route in app.router.routes()}
+    return {(r.method, r.resource.canonical) for r in app.router.routes()}
+
+
+def app_paths() -> set[str]:
+    return {path for _, path in app_routes()}
 
 
 @pytest.fixture(scope="module")
@@ -333,3 +337,33 @@ def test_installed_wheel_finds_its_migrations(wheel: Path, tmp_path: Path) -> No
 
     assert Path(found[0]) == site / "gateway" / "sql"
     assert int(found[1]) == len(list((ROOT / "sql").glob("*.sql")))
+
+
+def test_readme_names_only_routes_the_gateway_has() -> None:
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"`(GET|POST) (/[^`?\s]*)", readme))
+
+    missing = named - app_routes()
+
+    assert len(named) >= 8
+    assert missing == set()
+
+
+def test_readme_links_point_at_files_in_the_repo() -> None:
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#:]+)\)", readme)
+
+    assert links
+    assert [link for link in links if not (ROOT / link).exists()] == []
+
+
+def test_readme_test_command_is_the_ci_script() -> None:
+    readme = (ROOT / "README.md").read_text()
+    script = (ROOT / ".ci" / "run").read_text()
+
+    assert "bash .ci/run" in readme
+    assert "set -euo pipefail" in script
+    assert "-m pytest tests" in script
+    assert "npm test" in script
+    # pytest's "no tests collected" must not pass as success.
+    assert '"$pytest_status" -eq 5' in script
