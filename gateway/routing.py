@@ -16,6 +16,7 @@ refused. Everything here is pure and cheap; the proxy calls it once per call.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ class ProxyPath:
     query: str
 
 
+# Pure, and clients send the same few targets: the checks run once each.
+@functools.lru_cache(maxsize=1024)
 def split_target(raw_target: str) -> ProxyPath:
     """
     Return the parts of a raw request target ``[/<upstream>]/v1/<rest>[?query]``.

@@ -63,7 +63,7 @@ def read_tags(headers: Mapping[str, str]) -> CallTags:
     seen: set[str] = set()
     for name, value in headers.items():
         # Cheap first look: every tag header starts with "x-".
-        if name[:2] not in ("X-", "x-"):
+        if not name.startswith(("X-", "x-")):
             continue
         lower = name.lower()
         if not is_tag_header(lower):

@@ -10,6 +10,7 @@ request and of its answer are filtered here, with the name sets built once.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -103,11 +104,46 @@ async def open_sessions(upstreams: Iterable[Upstream]) -> AsyncIterator[None]:
 
 
 def connection_named(headers: Mapping[str, str]) -> frozenset[str]:
-    """The extra hop-by-hop names a Connection header lists."""
+    """The extra hop-by-hop names a Connection header lists, besides the usual."""
     value = headers.get("Connection")
     if not value:
         return frozenset()
-    return frozenset(part.strip().lower() for part in value.split(","))
+    return names_in_connection(value)
+
+
+@functools.lru_cache(maxsize=256)
+def names_in_connection(value: str) -> frozenset[str]:
+    # "keep-alive" and "close" are the common values, and name nothing new.
+    named = {part.strip().lower() for part in value.split(",")}
+    return frozenset(named - HOP_BY_HOP - {"close"})
+
+
+# What becomes of a request header, by name (see request_header_kind).
+KEEP, DROP, AUTHORIZATION, ACCEPT_ENCODING = range(4)
+
+
+@functools.lru_cache(maxsize=1024)
+def request_header_kind(name: str) -> int:
+    """Return what happens to request header *name*; clients repeat names."""
+    lower = name.lower()
+    if lower in REQUEST_DROPPED or is_tag_header(lower):
+        return DROP
+    if lower == "authorization":
+        return AUTHORIZATION
+    if lower == "accept-encoding":
+        return ACCEPT_ENCODING
+    return KEEP
+
+
+@functools.lru_cache(maxsize=1024)
+def response_header_name(name: str) -> str | None:
+    """Return the name answer header *name* is relayed under; None drops it."""
+    lower = name.lower()
+    if lower in RESPONSE_DROPPED:
+        return None
+    if lower == "x-request-id":
+        return UPSTREAM_REQUEST_ID
+    return name
 
 
 def headers_for_upstream(
@@ -124,17 +160,18 @@ def headers_for_upstream(
     with *identity_encoding* the answer is asked for uncompressed, because the
     gateway reads its usage.
     """
-    named = connection_named(headers) if "Connection" in headers else frozenset()
-    out: CIMultiDict[str] = CIMultiDict()
+    named = connection_named(headers) if "Connection" in headers else None
+    kept = []
     for name, value in headers.items():
-        lower = name.lower()
-        if lower in REQUEST_DROPPED or lower in named or is_tag_header(lower):
+        kind = request_header_kind(name)
+        if kind == DROP or (named and name.lower() in named):
             continue
-        if lower == "authorization" and drop_authorization:
+        if kind == AUTHORIZATION and drop_authorization:
             continue
-        if lower == "accept-encoding" and identity_encoding:
+        if kind == ACCEPT_ENCODING and identity_encoding:
             continue
-        out.add(name, value)
+        kept.append((name, value))
+    out = CIMultiDict(kept)
     if identity_encoding:
         out["Accept-Encoding"] = "identity"
     return out
@@ -142,17 +179,14 @@ def headers_for_upstream(
 
 def headers_for_client(headers: Mapping[str, str]) -> CIMultiDict[str]:
     """Return the upstream's answer headers to relay, hop-by-hop ones removed."""
-    named = connection_named(headers) if "Connection" in headers else frozenset()
-    out: CIMultiDict[str] = CIMultiDict()
+    named = connection_named(headers) if "Connection" in headers else None
+    kept = []
     for name, value in headers.items():
-        lower = name.lower()
-        if lower in RESPONSE_DROPPED or lower in named:
+        relayed = response_header_name(name)
+        if relayed is None or (named and name.lower() in named):
             continue
-        if lower == "x-request-id":
-            out.add(UPSTREAM_REQUEST_ID, value)
-            continue
-        out.add(name, value)
-    return out
+        kept.append((relayed, value))
+    return CIMultiDict(kept)
 
 
 @contextlib.contextmanager
