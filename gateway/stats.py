@@ -185,6 +185,10 @@ class Totals:
     latency_ms_sum: float = 0.0
     latency_count: int = 0
 
+    def absorb(self, other: Totals) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def add(self, row: Mapping[str, Any]) -> None:
         """Add one row of named sums (``ROLLUP_SUMS`` or ``ROW_SUMS``)."""
         self.calls += int(row["calls"] or 0)
@@ -221,6 +225,17 @@ class Summary:
     by_model: dict[str, Totals] = field(default_factory=dict)
     by_purpose: dict[str, Totals] = field(default_factory=dict)
     by_ticker: dict[str, Totals] = field(default_factory=dict)
+
+    def absorb(self, other: Summary) -> None:
+        """Add the figures of *other*, a summary of a disjoint range."""
+        self.totals.absorb(other.totals)
+        for mine, theirs in (
+            (self.by_model, other.by_model),
+            (self.by_purpose, other.by_purpose),
+            (self.by_ticker, other.by_ticker),
+        ):
+            for key, totals in theirs.items():
+                mine.setdefault(key, Totals()).absorb(totals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,9 +341,26 @@ async def summarize(
     pool: asyncpg.Pool, period: Period, filters: Filters = Filters()
 ) -> Summary:
     """Return the totals and breakdowns of *period* narrowed by *filters*."""
-    if filters.needs_rows or not period.is_whole_days:
+    if filters.needs_rows:
         return await summarize_rows(pool, period, filters)
-    return await summarize_rollup(pool, period, filters)
+    if period.is_whole_days:
+        return await summarize_rollup(pool, period, filters)
+
+    # A period that starts mid-day (a session): the rows of its first day,
+    # then whole days from the rollups, so a process that has run for months
+    # scans at most one day of rows.
+    if period.start is None:
+        return await summarize_rows(pool, period, filters)
+    midnight_after = day_start(period.start) + timedelta(days=1)
+    if period.end is not None and period.end <= midnight_after:
+        return await summarize_rows(pool, period, filters)
+    head = Period(period.name, period.start, midnight_after)
+    tail = Period(period.name, midnight_after, period.end)
+    summary = await summarize_rows(pool, head, filters)
+    summary.absorb(await summarize_rollup(pool, tail, filters))
+    summary.period = period
+
+    return summary
 
 
 async def summarize_rollup(

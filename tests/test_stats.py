@@ -336,3 +336,20 @@ def test_averages_round_halves_up() -> None:
 
     assert (totals.avg_tokens_per_call, totals.avg_response_time_ms) == (3, 2)
     assert stats.Totals().avg_tokens_per_call == 0
+
+
+async def test_a_session_reads_rows_of_its_first_day_and_rollups_after(
+    seeded: asyncpg.Pool,
+) -> None:
+    for started in (
+        datetime(2030, 2, 28, 23, 0, tzinfo=UTC),
+        datetime(2030, 3, 1, 0, 0, 1, tzinfo=UTC),
+        datetime(2030, 1, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ):
+        period = stats.resolve_period("session", NOW, started)
+
+        summary = await stats.summarize(seeded, period)
+        from_rows = await stats.summarize_rows(seeded, period, stats.Filters())
+
+        assert as_figures(summary) == as_figures(from_rows), started
+        assert summary.totals.calls == select(RECORDS, started).calls > 0
