@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
+import signal
+import sys
 from collections import Counter
 from typing import Any
 
@@ -241,3 +244,45 @@ async def test_demo_records_tagged_rows_through_the_gateway(
     # Every cycle ran to its end: each id tags one call per step.
     per_cycle = Counter(r["cycle_id"] for r in rows)
     assert set(per_cycle.values()) == {len(demo.CYCLE)}
+
+
+async def test_demo_command_stops_cleanly_on_ctrl_c(
+    database_url: str, db_pool: Any, tmp_path: Any
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "demo", "--port", "0",
+        "--calls-per-minute", "1200", "--seed", "5",
+        "--database-url", database_url, "--data-dir", str(tmp_path / "demo"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        banner = await asyncio.wait_for(read_until(process, b"Press Ctrl-C"), 60)
+        # Stop once the gateway has stored a call (within a minute).
+        for _ in range(600):
+            if await db_pool.fetchval("SELECT count(*) FROM llm_usage"):
+                break
+            await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        rest = await asyncio.wait_for(process.stdout.read(), 60)
+        status = await asyncio.wait_for(process.wait(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    stopped = re.search(rb"demo stopped: (\d+) calls sent, (\d+) answered", rest)
+    rows = await db_pool.fetchval("SELECT count(*) FROM llm_usage")
+    assert status == 0
+    assert re.search(rb"dashboard:  http://localhost:\d+/dashboard/", banner)
+    assert stopped is not None
+    assert rows == int(stopped[2]) >= 1
+
+
+async def read_until(process: Any, marker: bytes) -> bytes:
+    seen = b""
+    while marker not in seen:
+        line = await process.stdout.readline()
+        if not line:
+            raise AssertionError(f"the demo exited before printing {marker!r}")
+        seen += line
+    return seen
