@@ -9,10 +9,11 @@ in UTC. A bad parameter is a 400 that names it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, cast
@@ -21,8 +22,8 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from gateway import access, ingest, openapi, stats
-from gateway.errors import BadParameter, BadRequest
+from gateway import access, db, ingest, openapi, stats
+from gateway.errors import BadParameter, BadRequest, GatewayError
 from gateway.keys import CLOCK, DATABASE, METRICS, SETTINGS, STARTED_AT
 from gateway.metrics import CONTENT_TYPE
 
@@ -37,6 +38,24 @@ EXPORT_CHUNK_ROWS = 1000
 FILTER_PARAMS = ("purpose", "model", "ticker", "cycle_id")
 # A spreadsheet runs a cell that starts with one of these as a formula.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class DatabaseUnavailable(GatewayError):
+    status, code = 503, "database_unavailable"
+
+
+@contextlib.contextmanager
+def database_errors() -> Iterator[None]:
+    """A database that is away is a 503 saying so, not a 500 of ours."""
+    try:
+        yield
+    except Exception as exc:
+        if not db.is_unreachable(exc):
+            raise
+        raise DatabaseUnavailable(
+            "the usage database cannot be reached; calls are still recorded"
+            " and will show once it is back"
+        ) from exc
 
 
 def setup(app: web.Application) -> None:
@@ -247,8 +266,9 @@ async def token_usage(request: web.Request) -> web.Response:
     )
 
     pool = pool_of(request)
-    summary = await stats.summarize(pool, period, filters)
-    budgets = await stats.budget_states(pool, request.app[SETTINGS].budgets, now)
+    with database_errors():
+        summary = await stats.summarize(pool, period, filters)
+        budgets = await stats.budget_states(pool, request.app[SETTINGS].budgets, now)
 
     return json_response(render_summary(summary, now, budgets))
 
@@ -258,7 +278,8 @@ async def token_usage_history(request: web.Request) -> web.Response:
     filters = read_filters(request)
     today = request.app[CLOCK]().astimezone(UTC).date()
 
-    history = await stats.daily_history(pool_of(request), today, days, filters)
+    with database_errors():
+        history = await stats.daily_history(pool_of(request), today, days, filters)
 
     data = [
         {
@@ -276,7 +297,8 @@ async def token_usage_cycles(request: web.Request) -> web.Response:
     limit = read_int(request, "limit", 20, 1, MAX_CYCLES)
     filters = read_filters(request)
 
-    cycles = await stats.latest_cycles(pool_of(request), limit, filters)
+    with database_errors():
+        cycles = await stats.latest_cycles(pool_of(request), limit, filters)
 
     return json_response({"cycles": [render_cycle(c) for c in cycles]})
 
@@ -285,7 +307,8 @@ async def token_usage_calls(request: web.Request) -> web.Response:
     limit = read_int(request, "limit", 50, 1, MAX_CALLS)
     filters = read_filters(request)
 
-    rows = await stats.latest_calls(pool_of(request), limit, filters)
+    with database_errors():
+        rows = await stats.latest_calls(pool_of(request), limit, filters)
 
     return json_response({"calls": [render_call(row) for row in rows]})
 
@@ -329,7 +352,8 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
     rows = stats.iterate_rows(pool_of(request), start, end, filters, EXPORT_CHUNK_ROWS)
     # The first chunk is read before the headers go out, so a database that
     # does not answer is still an error response rather than an empty file.
-    first = await anext(rows, None)
+    with database_errors():
+        first = await anext(rows, None)
     await response.prepare(request)
     await response.write(csv_lines([stats.EXPORT_COLUMNS]))
     written = 0

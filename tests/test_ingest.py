@@ -9,8 +9,11 @@ import asyncpg
 import pytest
 
 from gateway.app import create_app
-from gateway.keys import PRICES
+from gateway.config import load_settings
+from gateway.keys import PRICES, RECORDER
 from gateway.usage import Usage
+from tests.pg_server import ThrowawayServer
+from tests.test_recorder import wait_until
 
 NOW = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
 # USD per million tokens: 1 input, 0.25 cached input, 4 output.
@@ -265,3 +268,53 @@ async def test_a_timestamp_slightly_ahead_is_taken(
     assert resp.status == 201
     [row] = await stored(db_pool)
     assert row["timestamp"] == ahead
+
+
+async def test_a_post_during_an_outage_is_kept_and_stored_once(
+    aiohttp_client: Any, tmp_path: Any
+) -> None:
+    """Taken (id null) while the database is away, stored once when it is back."""
+    server = ThrowawayServer()
+    try:
+        await asyncio.to_thread(server.start)
+        settings = load_settings(
+            environ={},
+            database={
+                "url": server.dsn,
+                "data_dir": str(tmp_path / "data"),
+                "connect_timeout_s": 1,
+            },
+            recorder={"flush_interval_ms": 50, "retry_initial_s": 0.1},
+            pricing=PRICING,
+        )
+        client = await aiohttp_client(create_app(settings, clock=lambda: NOW))
+        body = {**GOOD, "request_id": "during-outage"}
+        before = await client.post("/api/usage", json={**GOOD, "request_id": "before"})
+        await asyncio.to_thread(server.stop, "fast")
+
+        taken = await client.post("/api/usage", json=body)
+        repeated = await client.post("/api/usage", json=body)
+        unavailable = await client.get("/api/token-usage")
+        await asyncio.to_thread(server.start)
+        recorder = client.app[RECORDER]
+        await wait_until(lambda: recorder.spool_depth == 0, "the spool to replay")
+        usage = await (await client.get("/api/token-usage")).json()
+
+        assert before.status == 201
+        assert (taken.status, repeated.status) == (201, 200)
+        assert (await taken.json())["id"] is None
+        assert (await taken.json())["cost_usd"] == 0.00003
+        assert unavailable.status == 503
+        assert (await unavailable.json())["error"]["code"] == "database_unavailable"
+        assert usage["api_calls_count"] == 2
+        conn = await asyncpg.connect(server.dsn)
+        try:
+            stored_ids = await conn.fetch("SELECT request_id FROM llm_usage")
+        finally:
+            await conn.close()
+        assert sorted(r["request_id"] for r in stored_ids) == [
+            "before",
+            "during-outage",
+        ]
+    finally:
+        await asyncio.to_thread(server.close)
