@@ -253,6 +253,11 @@ ERRORS = {
     "400": error_answer("A parameter is bad; error.param names it."),
     "401": error_answer("The admin token is set and was not sent."),
 }
+# What the routes that read the database may also answer.
+READ_ERRORS = {
+    **ERRORS,
+    "503": error_answer("The usage database cannot be reached right now."),
+}
 
 
 def read_json(name: str, text: str) -> dict[str, Any]:
@@ -277,7 +282,7 @@ PATHS: dict[str, Any] = {
                 ),
                 *FILTERS,
             ],
-            "responses": {"200": read_json("TokenUsage", "The usage."), **ERRORS},
+            "responses": {"200": read_json("TokenUsage", "The usage."), **READ_ERRORS},
         }
     },
     "/api/token-usage/history": {
@@ -292,7 +297,7 @@ PATHS: dict[str, Any] = {
                 ),
                 *FILTERS,
             ],
-            "responses": {"200": read_json("History", "Gaps as zeros."), **ERRORS},
+            "responses": {"200": read_json("History", "Gaps as zeros."), **READ_ERRORS},
         }
     },
     "/api/token-usage/cycles": {
@@ -307,7 +312,7 @@ PATHS: dict[str, Any] = {
                 ),
                 *FILTERS,
             ],
-            "responses": {"200": read_json("CycleList", "The cycles."), **ERRORS},
+            "responses": {"200": read_json("CycleList", "The cycles."), **READ_ERRORS},
         }
     },
     "/api/token-usage/calls": {
@@ -322,7 +327,7 @@ PATHS: dict[str, Any] = {
                 ),
                 *FILTERS,
             ],
-            "responses": {"200": read_json("CallList", "The calls."), **ERRORS},
+            "responses": {"200": read_json("CallList", "The calls."), **READ_ERRORS},
         }
     },
     "/api/token-usage/export.csv": {
@@ -343,7 +348,7 @@ PATHS: dict[str, Any] = {
                 *FILTERS,
             ],
             "responses": {
-                **ERRORS,
+                **READ_ERRORS,
                 "200": {
                     "description": "A header line, then one line per row.",
                     "content": {"text/csv": {"schema": {"type": "string"}}},
