@@ -232,7 +232,7 @@ class BudgetWatcher:
         """``refresh``, with an unreachable database logged once, not raised."""
         try:
             await self.refresh()
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (asyncpg.PostgresError, *db.UNREACHABLE):
             if self._database_ok:
                 log.warning(
                     "cannot read budget spend; limits use the last figures plus "
@@ -280,7 +280,7 @@ class BudgetWatcher:
         }
         try:
             claimed = await db.claim_once(pool, ALERT_KIND, scope, self.holder, facts)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (asyncpg.PostgresError, *db.UNREACHABLE) as exc:
             # Try again at the next check rather than lose the alert.
             log.warning("cannot claim budget alert %s: %s", scope, exc)
             self._alerted.discard(scope)

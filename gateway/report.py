@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import html
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -59,6 +60,9 @@ TEXTS: dict[Language, dict[str, str]] = {
         "spool": "💾 Spool:",
         "cost_today": "💰 LLM cost today:",
         "unknown": "unknown",
+        "unavailable": (
+            "⚠️ The figures cannot be read now: the database does not answer."
+        ),
         "help": (
             "🤖 Commands\n\n"
             "/tokens: token usage and cost today and this month\n"
@@ -104,6 +108,7 @@ TEXTS: dict[Language, dict[str, str]] = {
         "spool": "💾 Spool:",
         "cost_today": "💰 Costo LLM oggi:",
         "unknown": "sconosciuto",
+        "unavailable": "⚠️ Dati non disponibili: il database non risponde.",
         "help": (
             "🤖 Comandi\n\n"
             "/tokens: consumo e costo dei token oggi e questo mese\n"
@@ -115,8 +120,8 @@ TEXTS: dict[Language, dict[str, str]] = {
         "alert_title": "⚠️ Avviso budget",
         "alert_over": "🚨 Budget superato",
         "alert_body": (
-            "Il budget {budget} ({window} dal {start}) ha raggiunto il {percent}: "
-            "spesi {spent} su {limit}."
+            "Budget {budget} ({window} iniziato il {start}): soglia {percent} "
+            "raggiunta, spesi {spent} su {limit}."
         ),
         "alert_enforced": (
             "Le nuove chiamate del suo ambito sono rifiutate fino alla fine "
@@ -376,6 +381,10 @@ def render_help(language: Language = "en", *, as_html: bool = False) -> str:
     return Writer(language, as_html)("help")
 
 
+def render_unavailable(language: Language = "en", *, as_html: bool = False) -> str:
+    return Writer(language, as_html)("unavailable")
+
+
 def render_daily_summary(
     day: date, figures: Figures, language: Language = "en", *, as_html: bool = False
 ) -> str:
@@ -448,6 +457,12 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             await database.close()
 
-    summary = asyncio.run(read())
+    try:
+        summary = asyncio.run(read())
+    except (*db.UNREACHABLE, asyncpg.PostgresError, db.DatabaseRefused) as exc:
+        # A terminal wants one line saying why, not a traceback.
+        message = db.describe_error(exc)
+        print(f"tallygate: cannot read the usage: {message}", file=sys.stderr)
+        return 1
     print(render_tokens(summary, settings.telegram.language))
     return 0

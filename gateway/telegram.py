@@ -275,7 +275,12 @@ class TelegramBot:
                 continue
             except asyncio.CancelledError:
                 raise
-            except (DeliveryError, BotApiError, OSError, asyncpg.PostgresError) as exc:
+            except (
+                DeliveryError,
+                BotApiError,
+                asyncpg.PostgresError,
+                *db.UNREACHABLE,
+            ) as exc:
                 log.warning(
                     "Telegram polling failed (%s); again in %.0f s",
                     self.api.redact(str(exc)),
@@ -355,7 +360,11 @@ class TelegramBot:
 
     async def tokens_text(self) -> str:
         assert self.pool is not None
-        summary = await report.read_tokens_summary(self.pool, self.clock())
+        try:
+            summary = await report.read_tokens_summary(self.pool, self.clock())
+        except db.UNREACHABLE as exc:
+            log.warning("cannot read figures for /tokens: %s", db.describe_error(exc))
+            return report.render_unavailable(self.language, as_html=True)
         return report.render_tokens(summary, self.language, as_html=True)
 
     async def status_text(self) -> str:
@@ -403,7 +412,12 @@ class TelegramBot:
                 await self.send_daily_summary_if_due()
             except asyncio.CancelledError:
                 raise
-            except (DeliveryError, BotApiError, OSError, asyncpg.PostgresError) as exc:
+            except (
+                DeliveryError,
+                BotApiError,
+                asyncpg.PostgresError,
+                *db.UNREACHABLE,
+            ) as exc:
                 # The claim is taken: this day's summary is not tried again.
                 log.warning("daily summary failed: %s", self.api.redact(str(exc)))
             except Exception:
@@ -438,7 +452,7 @@ def setup(app: web.Application) -> None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         # Let another replica (or the next start) poll at once.
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
+        with contextlib.suppress(asyncpg.PostgresError, *db.UNREACHABLE):
             await bot.lease.release(bot.pool)
         await bot.api.session.close()
 

@@ -10,11 +10,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway import db
+from gateway.alerts import Alerts
 from gateway.app import create_app
 from gateway.budgets import BUDGETS, BudgetWatcher
+from gateway.config import AlertSettings, BudgetSettings, DatabaseSettings
 from gateway.errors import BudgetExceeded
 from gateway.keys import ADMISSION, METRICS, RECORDER
 from gateway.limits import Limit
+from gateway.metrics import Metrics
 from gateway.record import UsageRecord, new_request_id
 from gateway.recorder import write_batch
 from tests.fake_telegram import TOKEN, FakeBotApi, start_fake_bot_api
@@ -396,3 +400,27 @@ async def test_a_proxied_call_over_the_limit_is_refused_before_the_upstream(
     assert reached_before_midnight == 1
     assert next_day.status == 200
     assert len(upstream.received) == 2
+
+
+async def test_with_the_database_away_own_spend_still_counts_and_refuses(
+    database_url: str,
+) -> None:
+    # A pool that is closed fails like a database that went away.
+    pool = await db.create_pool(database_url, DatabaseSettings(url=database_url))
+    await pool.close()
+    settings = BudgetSettings(daily_usd=Decimal(1), enforce=True)
+    watcher = BudgetWatcher(
+        settings, MovableClock(NOW), Metrics(), Alerts(AlertSettings(), Metrics()), "x"
+    )
+    watcher.pool = pool
+    watcher.observe(spend("0.6"))
+
+    await watcher.refresh_quietly()
+    watcher.observe(spend("0.5"))
+
+    assert watcher.state(DAILY, NOW).spent_usd == Decimal("1.1")
+    with pytest.raises(BudgetExceeded):
+        watcher.admit({"purpose": None})
+    # The threshold alerts could not be claimed: they are tried again later.
+    await watcher.wait_idle()
+    assert not watcher._alerted

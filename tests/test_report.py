@@ -11,6 +11,7 @@ import pytest
 from gateway import cli, db, report
 from gateway.clock import utc_now
 from gateway.config import Settings
+from gateway.limits import Limit
 from gateway.record import UsageRecord, new_request_id
 from gateway.recorder import write_batch
 
@@ -266,3 +267,60 @@ def test_report_command_prints_the_summary(
     assert status == 0
     assert "📅 Today:\n├ Tokens: 1,234\n├ Cost: $0.5000\n└ Calls: 1" in out
     assert "└ gpt-4o: $0.5000 (100.0%)" in out
+
+
+def test_report_command_says_in_one_line_when_the_database_is_away(
+    make_settings: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Port 1 on loopback: nothing listens, the connection is refused at once.
+    settings: Settings = make_settings(
+        database={"url": "postgresql://postgres@127.0.0.1:1/none"}
+    )
+    args = cli.build_parser().parse_args(["report"])
+
+    status = report.run_report(args, settings)
+
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.out == ""
+    assert captured.err.startswith("tallygate: cannot read the usage: ")
+    assert captured.err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("language", "threshold", "expected"),
+    [
+        (
+            "en",
+            0.8,
+            "⚠️ Budget alert\n\ndaily:news budget (day from 2030-06-15) reached "
+            "80%: spent $4.1000 of $5.0000.",
+        ),
+        (
+            "en",
+            1.0,
+            "🚨 Budget exceeded\n\ndaily:news budget (day from 2030-06-15) reached "
+            "100%: spent $4.1000 of $5.0000.\n"
+            "New calls in its scope are refused until the window ends.",
+        ),
+        (
+            "it",
+            0.8,
+            "⚠️ Avviso budget\n\nBudget daily:news (giorno iniziato il 2030-06-15): "
+            "soglia 80% raggiunta, spesi $4.1000 su $5.0000.",
+        ),
+    ],
+)
+def test_alert_text(language: str, threshold: float, expected: str) -> None:
+    limit = Limit("purpose:news", "day", Decimal(5))
+
+    text = report.render_alert(
+        limit,
+        threshold,
+        Decimal("4.1"),
+        NOW,
+        True,
+        language,  # type: ignore[arg-type]
+    )
+
+    assert text == expected

@@ -10,7 +10,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway import db
 from gateway.app import create_app
+from gateway.config import DatabaseSettings
 from gateway.keys import INSTANCE
 from gateway.record import UsageRecord, new_request_id
 from gateway.recorder import write_batch
@@ -328,3 +330,17 @@ async def test_network_errors_and_500s_are_retried(bot_api: FakeBotApi) -> None:
             "disable_web_page_preview": True,
         }
     ]
+
+
+async def test_tokens_says_when_the_database_does_not_answer(
+    start_gateway: Any, database_url: str
+) -> None:
+    bot = bot_of(await start_gateway())
+    away = await db.create_pool(database_url, DatabaseSettings(url=database_url))
+    await away.close()
+    kept, bot.pool = bot.pool, away
+
+    text = await bot.tokens_text()
+    bot.pool = kept
+
+    assert text == "⚠️ The figures cannot be read now: the database does not answer."
