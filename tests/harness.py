@@ -6,8 +6,12 @@ loopback, a gateway in front of it, and the rows it stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -49,7 +53,10 @@ async def stored_rows(app: web.Application, pool: asyncpg.Pool) -> list[Any]:
 
 
 async def rows_when(
-    client: TestClient, pool: asyncpg.Pool, count: int, limit_s: float = 20
+    client: TestClient | LiveGateway,
+    pool: asyncpg.Pool,
+    count: int,
+    limit_s: float = 20,
 ) -> list[Any]:
     """
     Poll until *count* rows are stored; return them.
@@ -60,7 +67,8 @@ async def rows_when(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     while True:
-        rows = await stored_rows(client.server.app, pool)
+        app = client.app if isinstance(client, LiveGateway) else client.server.app
+        rows = await stored_rows(app, pool)
         if len(rows) >= count or loop.time() > deadline:
             return rows
         await asyncio.sleep(0.02)
@@ -85,3 +93,36 @@ def status_of(answer: bytes) -> int:
 
 def body_of(answer: bytes) -> bytes:
     return answer.partition(b"\r\n\r\n")[2]
+
+
+@dataclass
+class LiveGateway:
+    """A gateway served as ``tallygate serve`` serves it, on a loopback port."""
+
+    app: web.Application
+    host: str
+    port: int
+    session: aiohttp.ClientSession
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[LiveGateway]:
+    """
+    Serve *app* on a free loopback port with aiohttp's defaults, as run_app does.
+
+    aiohttp's test server cancels a handler whose client left; the real
+    server lets it finish, and that is what the gateway's rows depend on.
+    """
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield LiveGateway(app, host, port, session)
+    finally:
+        await runner.cleanup()
