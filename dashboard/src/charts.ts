@@ -21,6 +21,7 @@ import {
   PointElement,
   Tooltip,
   type ChartConfiguration,
+  type Plugin,
   type TooltipItem,
 } from "chart.js";
 
@@ -160,6 +161,7 @@ export interface ChartCanvases {
 
 /** Owns the page's Chart.js instances and redraws them in place on refresh. */
 export class Charts {
+  private theme: Theme = readTheme();
   private readonly models: Chart<"doughnut", number[], string>;
   private readonly history: Chart<"line", number[], string>;
   private readonly purposes: Chart<"bar", number[], string>;
@@ -168,7 +170,10 @@ export class Charts {
     Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
     Chart.defaults.animation = prefersReducedMotion() ? false : { duration: 250 };
     Chart.defaults.maintainAspectRatio = false;
-    this.models = new Chart(canvases.models, modelsConfig());
+    this.models = new Chart(
+      canvases.models,
+      modelsConfig(() => this.theme),
+    );
     this.history = new Chart(canvases.history, historyConfig());
     this.purposes = new Chart(canvases.purposes, purposesConfig());
     this.applyTheme();
@@ -214,6 +219,7 @@ export class Charts {
   /** Re-read the colour scheme from CSS and redraw every chart with it. */
   applyTheme(): void {
     const theme = readTheme();
+    this.theme = theme;
     Chart.defaults.color = theme.muted;
     Chart.defaults.borderColor = theme.grid;
 
@@ -269,16 +275,49 @@ function shareOf(item: TooltipItem<"doughnut">): string {
   return total > 0 ? formatPercent(item.parsed / total) : formatPercent(0);
 }
 
-function modelsConfig(): ChartConfiguration<"doughnut", number[], string> {
+/** Writes the total of the visible slices in the doughnut's hole. */
+function centreTotal(theme: () => Theme): Plugin<"doughnut"> {
+  return {
+    id: "centreTotal",
+    afterDatasetsDraw(chart) {
+      const arc = chart.getDatasetMeta(0).data[0];
+      const values = chart.data.datasets[0]?.data ?? [];
+      if (arc === undefined || values.length === 0) {
+        return;
+      }
+      const total = sum(values.filter((_, index) => chart.getDataVisibility(index)));
+      // With nothing spent the card says so in words instead.
+      if (total <= 0) {
+        return;
+      }
+      const { x, y } = arc.getProps(["x", "y"], true) as { x: number; y: number };
+      const { ctx } = chart;
+      const family = Chart.defaults.font.family ?? "sans-serif";
+      ctx.save();
+      ctx.textAlign = "center";
+      ctx.textBaseline = "middle";
+      ctx.fillStyle = theme().text;
+      ctx.font = `650 18px ${family}`;
+      ctx.fillText(formatUsd(total), x, y - 7);
+      ctx.fillStyle = theme().muted;
+      ctx.font = `12px ${family}`;
+      ctx.fillText("total", x, y + 12);
+      ctx.restore();
+    },
+  };
+}
+
+function modelsConfig(theme: () => Theme): ChartConfiguration<"doughnut", number[], string> {
   return {
     type: "doughnut",
+    plugins: [centreTotal(theme)],
     data: { labels: [], datasets: [{ data: [], borderWidth: 2 }] },
     options: {
       cutout: "62%",
       plugins: {
         legend: {
           position: "bottom",
-          labels: { boxWidth: 12, boxHeight: 12, padding: 10 },
+          labels: { boxWidth: 10, boxHeight: 10, padding: 8, font: { size: 11 } },
         },
         tooltip: {
           callbacks: {
