@@ -25,6 +25,7 @@ from gateway.config import DatabaseSettings, RecorderSettings, load_settings
 from gateway.keys import RECORDER
 from gateway.record import UsageRecord
 from gateway.recorder import Recorder
+from tests.fake_upstream import FakeUpstream
 from tests.pg_server import ThrowawayServer
 from tests.test_recorder import assert_rollup_matches_rows, make_record, wait_until
 
@@ -198,3 +199,67 @@ async def test_an_unreachable_server_is_told_apart_from_a_refusal(
         await database.close()
     with pytest.raises(db.DatabaseRefused, match=r"127\.0\.0\.1:1"):
         await db.open_database(away)
+
+
+async def test_calls_through_the_proxy_are_answered_and_kept_across_an_outage(
+    pg: ThrowawayServer, pg_pool: asyncpg.Pool, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """Steady proxied calls for 3 s; the server is down for the middle 1.2 s."""
+    fake = FakeUpstream()
+    upstream = await aiohttp_client(fake.app)
+    settings = load_settings(
+        environ={},
+        database={
+            "url": pg.dsn,
+            "data_dir": str(tmp_path / "data"),
+            "connect_timeout_s": 1,
+        },
+        recorder=OUTAGE_RECORDER.model_dump(),
+        upstreams={
+            "openai": {"base_url": str(upstream.make_url("/v1")), "default": True}
+        },
+    )
+    client = await aiohttp_client(create_app(settings))
+    recorder = client.app[RECORDER]
+    loop = asyncio.get_running_loop()
+    statuses: list[int] = []
+    tokens_answered = 0
+
+    async def call_steadily(worker: int, duration_s: float) -> None:
+        nonlocal tokens_answered
+        end = loop.time() + duration_s
+        for i in range(100_000):
+            if loop.time() >= end:
+                return
+            resp = await client.post(
+                "/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": []},
+                headers={"X-Request-Id": f"outage-{worker}-{i}"},
+            )
+            statuses.append(resp.status)
+            if resp.status == 200:
+                tokens_answered += (await resp.json())["usage"]["total_tokens"]
+
+    async def take_the_server_away() -> None:
+        await asyncio.sleep(0.8)
+        await asyncio.to_thread(pg.stop, "immediate")
+        await asyncio.sleep(1.2)
+        await asyncio.to_thread(pg.start)
+
+    await asyncio.gather(
+        *(call_steadily(n, 3.0) for n in range(8)), take_the_server_away()
+    )
+    await wait_until(
+        lambda: recorder.spool_depth == 0 and recorder.queue_depth == 0,
+        "the spool to be replayed",
+    )
+    await recorder.flush()
+
+    assert set(statuses) == {200}
+    assert recorder.metrics.rows_spooled > 0, "the outage never reached the recorder"
+    count, tokens = await pg_pool.fetchrow(
+        "SELECT count(*), sum(total_tokens) FROM llm_usage"
+    )
+    assert count == len(statuses)
+    assert tokens == tokens_answered
+    await assert_rollup_matches_rows(pg_pool)
