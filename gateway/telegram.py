@@ -49,9 +49,16 @@ COMMAND = re.compile(r"^/([A-Za-z0-9_]+)(?:@([A-Za-z0-9_]+))?(?:\s|$)")
 class BotApiError(Exception):
     """The Bot API refused a request (its ``error_code`` and ``description``)."""
 
-    def __init__(self, method: str, code: int, description: str) -> None:
+    def __init__(
+        self,
+        method: str,
+        code: int,
+        description: str,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(f"{method} refused: {code} {description}")
         self.code = code
+        self.retry_after_s = retry_after_s
 
 
 class BotApi:
@@ -72,14 +79,19 @@ class BotApi:
         return text.replace(self.token, "***") if self.token else text
 
     async def call(
-        self, method: str, payload: dict[str, Any], timeout_s: float = 30.0
+        self,
+        method: str,
+        payload: dict[str, Any],
+        timeout_s: float = 30.0,
+        attempts: int | None = None,
     ) -> Any:
         """POST *method* and return its ``result``; raise BotApiError when refused."""
         if self.session is None:
             raise DeliveryError("the Telegram client is not started")
+        attempts = attempts or self.max_attempts
         delay = 1.0
-        for attempt in range(1, self.max_attempts + 1):
-            last = attempt == self.max_attempts
+        for attempt in range(1, attempts + 1):
+            last = attempt == attempts
             try:
                 async with self.session.post(
                     f"{self.base}/{method}",
@@ -119,7 +131,7 @@ class BotApi:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
-            raise BotApiError(method, code, self.redact(description))
+            raise BotApiError(method, code, self.redact(description), wait_s)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def describe(self, exc: BaseException) -> str:
@@ -135,10 +147,13 @@ class BotApi:
 
     async def get_updates(self, offset: int, timeout_s: int) -> list[dict[str, Any]]:
         """Long-poll for updates from *offset*; the HTTP timeout outlasts the poll."""
+        # One attempt: the poller retries itself, renewing its lease between
+        # tries, so a long retry chain cannot outlive the lease.
         return await self.call(
             "getUpdates",
             {"offset": offset, "timeout": timeout_s, "allowed_updates": ["message"]},
             timeout_s=timeout_s + 10,
+            attempts=1,
         )
 
     async def send_message(self, chat_id: str, text: str) -> None:
@@ -281,6 +296,10 @@ class TelegramBot:
                 asyncpg.PostgresError,
                 *db.UNREACHABLE,
             ) as exc:
+                # A 429 on getUpdates says how long to wait; wait that long.
+                if isinstance(exc, BotApiError) and exc.retry_after_s:
+                    wait_s = min(exc.retry_after_s, MAX_RETRY_AFTER_S)
+                    backoff_s = max(backoff_s, wait_s)
                 log.warning(
                     "Telegram polling failed (%s); again in %.0f s",
                     self.api.redact(str(exc)),

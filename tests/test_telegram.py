@@ -344,3 +344,17 @@ async def test_tokens_says_when_the_database_does_not_answer(
     bot.pool = kept
 
     assert text == "⚠️ The figures cannot be read now: the database does not answer."
+
+
+async def test_a_429_on_get_updates_holds_the_poller_back(
+    start_gateway: Any, bot_api: FakeBotApi
+) -> None:
+    bot_api.fail_next("getUpdates", 429, retry_after=1)
+    await start_gateway()
+
+    bot_api.add_message(CHAT_ID, "/help")
+    await bot_api.wait_sent(1)
+
+    polls = bot_api.calls("getUpdates")
+    assert len(polls) >= 2
+    assert polls[1].at - polls[0].at >= 0.95
