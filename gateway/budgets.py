@@ -56,6 +56,9 @@ ALERT_KIND = "budget_alert"
 # the oldest are forgotten, and the figure runs low until the spool replays.
 MAX_PENDING = 100_000
 
+# Longest the first read may hold up startup.
+FIRST_READ_TIMEOUT_S = 3.0
+
 READ_SPENT = """
 SELECT day, purpose, sum(cost_usd) AS cost_usd
 FROM llm_usage_daily
@@ -387,9 +390,17 @@ def setup(app: web.Application) -> None:
         # Imported here: gateway.app imports this module to wire it.
         from gateway.app import run_every, spawn
 
+        # Read once before the first call is served, so enforcement starts
+        # from the stored spend; a database that is away does not hold it up.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(watcher.refresh_quietly(), FIRST_READ_TIMEOUT_S)
         interval_s = settings.budgets.refresh_interval_s
-        loop = run_every(interval_s, watcher.refresh_quietly, "budget refresh")
-        refreshing.append(spawn(app, loop, "budget refresh"))
+
+        async def keep_fresh() -> None:
+            await asyncio.sleep(interval_s)
+            await run_every(interval_s, watcher.refresh_quietly, "budget refresh")
+
+        refreshing.append(spawn(app, keep_fresh(), "budget refresh"))
 
     app.cleanup_ctx.append(context)
     app.on_startup.append(start_watching)

@@ -424,3 +424,14 @@ async def test_with_the_database_away_own_spend_still_counts_and_refuses(
     # The threshold alerts could not be claimed: they are tried again later.
     await watcher.wait_idle()
     assert not watcher._alerted
+
+
+async def test_spend_stored_before_startup_is_enforced_from_the_first_call(
+    start_gateway: Any, db_pool: asyncpg.Pool
+) -> None:
+    await write_batch(db_pool, [spend("1.5")])
+
+    client = await start_gateway(budgets={"enforce": True})
+
+    with pytest.raises(BudgetExceeded):
+        admit(client.server.app)
