@@ -149,11 +149,16 @@ def write_all(fd: int, data: bytes) -> None:
 
 def sync_and_close(fds: list[int]) -> None:
     """fsync and close each descriptor; blocking, so run in a thread."""
+    failure: OSError | None = None
     for fd in fds:
         try:
             os.fsync(fd)
+        except OSError as exc:
+            failure = exc
         finally:
             os.close(fd)
+    if failure is not None:
+        raise failure
 
 
 class Spool:
@@ -299,6 +304,7 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._closed = False
+        self._spilled_late = False
         self._retry_s = settings.retry_initial_s
         self._next_replay = 0.0
         self.database_ok = True
@@ -320,7 +326,9 @@ class Recorder:
             except Exception:
                 log.exception("usage observer failed")
         if self._closed:
-            log.warning("record %s arrived after close; spooled", record.request_id)
+            if not self._spilled_late:
+                log.warning("records arrive after close; spooling them directly")
+                self._spilled_late = True
             self._spill([record])
         elif len(self._queue) < self.settings.max_queue:
             self._queue.append(record)

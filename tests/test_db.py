@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import asyncpg
+import pytest
 
 from gateway import db
 
@@ -72,3 +73,22 @@ async def test_claim_once_has_one_winner(db_pool: asyncpg.Pool) -> None:
 def test_redact_dsn_hides_the_password() -> None:
     assert db.redact_dsn("postgresql://u:secret@h:5/d") == "postgresql://u:***@h:5/d"
     assert db.redact_dsn("postgresql://h/d") == "postgresql://h/d"
+
+
+@pytest.mark.parametrize(
+    ("error", "unreachable"),
+    [
+        (ConnectionRefusedError(111, "refused"), True),
+        (TimeoutError(), True),
+        (asyncpg.CannotConnectNowError("the database system is starting up"), True),
+        (asyncpg.ConnectionDoesNotExistError("closed"), True),
+        (asyncpg.InvalidPasswordError("password authentication failed"), False),
+        (asyncpg.InvalidCatalogNameError('database "x" does not exist'), False),
+        (asyncpg.ClientConfigurationError("bad sslmode"), False),
+        (asyncpg.UndefinedTableError("no llm_usage"), False),
+    ],
+)
+def test_an_absent_server_is_told_apart_from_one_that_refuses(
+    error: Exception, unreachable: bool
+) -> None:
+    assert db.is_unreachable(error) is unreachable

@@ -362,3 +362,35 @@ def test_the_spool_counts_what_an_earlier_process_left(tmp_path: Path) -> None:
     assert second.depth == 2
     second.append([make_record(7)])
     assert second.current == 3
+
+
+async def test_records_the_disk_refuses_stay_in_memory_until_it_takes_them(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Database away and spool directory gone: nothing may be dropped."""
+    spool_dir = tmp_path / "spool"
+    recorder = Recorder(await closed_pool(database_url), fast_retries(), spool_dir)
+    break_directory(spool_dir)
+
+    for i in range(100):
+        recorder.submit(make_record(i))
+    await recorder.flush()
+    held = recorder.queue_depth
+    mend_directory(spool_dir)
+    await recorder.flush()
+
+    assert held == 100
+    assert recorder.queue_depth == 0
+    assert recorder.spool_depth == 100
+    assert len(spooled_ids(spool_dir)) == 100
+
+
+def break_directory(path: Path) -> None:
+    """Put a plain file where the directory was, so every append fails."""
+    path.rmdir()
+    path.write_bytes(b"")
+
+
+def mend_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
