@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import __version__, api, budgets, db, proxy, telegram
+from gateway import __version__, api, budgets, dashboard, db, proxy, telegram
 from gateway.clock import Clock, utc_now
 from gateway.config import Settings
 from gateway.errors import GatewayError, error_body, json_error
@@ -243,4 +243,5 @@ def create_app(
     budgets.setup(app)
     telegram.setup(app)
     api.setup(app)
+    dashboard.setup(app)
     return app

@@ -28,3 +28,14 @@ async def test_unknown_route_answers_in_the_openai_error_shape(
 
     assert resp.status == 404
     assert (await resp.json())["error"]["code"] == "not_found"
+
+
+async def test_the_root_leads_to_the_dashboard(
+    aiohttp_client: Any, make_settings: Any
+) -> None:
+    client = await aiohttp_client(create_app(make_settings()))
+
+    resp = await client.get("/", allow_redirects=False)
+
+    assert resp.status == 302
+    assert resp.headers["Location"] == "/dashboard/"
