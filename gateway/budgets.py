@@ -65,7 +65,13 @@ FROM llm_usage_daily
 WHERE day >= $1 AND day < $2
 GROUP BY day, purpose
 """
-READ_STORED_IDS = "SELECT request_id FROM llm_usage WHERE request_id = ANY($1::text[])"
+# A row's identity is its request id and timestamp (a client may reuse ids).
+READ_STORED_KEYS = """
+SELECT u.request_id, u."timestamp"
+FROM llm_usage u
+JOIN unnest($1::text[], $2::timestamptz[]) AS k(request_id, "timestamp")
+    ON u.request_id = k.request_id AND u."timestamp" = k."timestamp"
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +128,8 @@ class BudgetWatcher:
         self.pool: asyncpg.Pool | None = None
         # (day, purpose) -> cost, as the rollup held it at the last refresh.
         self._stored: dict[tuple[date, str], Decimal] = {}
-        # request id -> its cost, for calls the database did not hold yet.
-        self._pending: dict[str, Pending] = {}
+        # (request id, timestamp) -> cost, of calls not seen stored yet.
+        self._pending: dict[tuple[str, datetime], Pending] = {}
         # limit -> (window start, spent): what enforcement compares.
         self._spent: dict[Limit, tuple[datetime, Decimal]] = {}
         # Alert scopes this process claimed or saw claimed: no second query.
@@ -162,7 +168,9 @@ class BudgetWatcher:
         purpose = record.purpose or ""
         if len(self._pending) >= MAX_PENDING:
             self._pending.pop(next(iter(self._pending)))
-        self._pending[record.request_id] = Pending(day, purpose, cost)
+        self._pending[(record.request_id, record.timestamp)] = Pending(
+            day, purpose, cost
+        )
         now = self.clock()
         for limit in self.limits:
             if not covers(limit, purpose):
@@ -216,13 +224,19 @@ class BudgetWatcher:
             # Listed after the snapshot began: a call submitted later cannot
             # be in it, so it stays pending, and none is counted twice.
             asked = list(self._pending)
-            stored = await conn.fetch(READ_STORED_IDS, asked) if asked else []
+            stored = (
+                await conn.fetch(
+                    READ_STORED_KEYS, [k[0] for k in asked], [k[1] for k in asked]
+                )
+                if asked
+                else []
+            )
         for row in stored:
-            self._pending.pop(row["request_id"], None)
-        for request_id in asked:
-            pending = self._pending.get(request_id)
+            self._pending.pop((row["request_id"], row["timestamp"]), None)
+        for key in asked:
+            pending = self._pending.get(key)
             if pending is not None and pending.day < first:
-                del self._pending[request_id]
+                del self._pending[key]
         self._stored = {(r["day"], r["purpose"]): r["cost_usd"] for r in rows}
         self._spent.clear()
         for state in self.states():

@@ -435,3 +435,20 @@ async def test_spend_stored_before_startup_is_enforced_from_the_first_call(
 
     with pytest.raises(BudgetExceeded):
         admit(client.server.app)
+
+
+async def test_a_reused_request_id_is_two_calls(
+    start_gateway: Any, db_pool: asyncpg.Pool
+) -> None:
+    client = await start_gateway()
+    watcher = watcher_of(client)
+    stored = spend("0.2")
+    again = spend("0.3", at=NOW + timedelta(seconds=5))
+    again.request_id = stored.request_id
+    await write_batch(db_pool, [stored])
+    watcher.observe(stored)
+    watcher.observe(again)
+
+    await watcher.refresh()
+
+    assert watcher.state(DAILY, NOW).spent_usd == Decimal("0.5")
