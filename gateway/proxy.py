@@ -247,8 +247,7 @@ async def relay_whole(
     with upstream_errors(call.upstream.name):
         body = await reply.read()
     call.upstream_s += perf_counter() - waited
-    if call.accounted:
-        take_body_usage(call, body)
+    take_body_usage(call, body)
 
     return web.Response(
         status=reply.status, reason=reply.reason, body=body, headers=headers

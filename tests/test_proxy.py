@@ -174,6 +174,7 @@ async def test_non_streamed_chat_is_relayed_and_recorded(
     assert row["error"] is None
     assert row["response_time_ms"] > 0
     assert_cost(row, GPT_4O_MINI)
+    assert sum(client.server.app[METRICS].overhead["openai"].counts) == 1
 
 
 @pytest.mark.parametrize("stream_options", [None, {"include_usage": False}])
