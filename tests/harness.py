@@ -74,13 +74,13 @@ async def rows_when(
         await asyncio.sleep(0.02)
 
 
-async def send_raw(host: str, port: int, data: bytes) -> bytes:
+async def send_raw(host: str, port: int, data: bytes, limit_s: float = 20) -> bytes:
     """Send *data* on a new connection and return all the server answered."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(data)
         await writer.drain()
-        return await reader.read()
+        return await asyncio.wait_for(reader.read(), limit_s)
     finally:
         writer.close()
         await writer.wait_closed()
