@@ -90,6 +90,20 @@ class BudgetState:
         return self.spent_usd >= self.limit.limit_usd
 
 
+@dataclass(slots=True)
+class Figure:
+    """A limit's current window and what it has spent: what admission reads."""
+
+    start: datetime
+    end: datetime
+    spent_usd: Decimal
+    # The spend at which the first alert threshold is crossed.
+    first_alert_usd: Decimal
+
+    def holds(self, moment: datetime) -> bool:
+        return self.start <= moment < self.end
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
     day: date
@@ -130,8 +144,10 @@ class BudgetWatcher:
         self._stored: dict[tuple[date, str], Decimal] = {}
         # (request id, timestamp) -> cost, of calls not seen stored yet.
         self._pending: dict[tuple[str, datetime], Pending] = {}
-        # limit -> (window start, spent): what enforcement compares.
-        self._spent: dict[Limit, tuple[datetime, Decimal]] = {}
+        # limit -> its current window's figure: what enforcement compares.
+        self._figures: dict[Limit, Figure] = {}
+        first = min(settings.alert_thresholds, default=1.0)
+        self._first_alert = Decimal(str(first))
         # Alert scopes this process claimed or saw claimed: no second query.
         self._alerted: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -150,13 +166,13 @@ class BudgetWatcher:
         for limit in self.limits:
             if not covers(limit, purpose):
                 continue
-            state = self.state(limit, now)
-            if state.is_exceeded:
+            figure = self.figure(limit, now)
+            if figure.spent_usd >= limit.limit_usd:
                 raise BudgetExceeded(
                     f"budget {limit.name} exceeded: spent "
-                    f"{format_small_usd(state.spent_usd)} of "
+                    f"{format_small_usd(figure.spent_usd)} of "
                     f"{format_small_usd(limit.limit_usd)} this {limit.window}; "
-                    f"calls are refused until {state.window_end.isoformat()}"
+                    f"calls are refused until {figure.end.isoformat()}"
                 )
 
     def observe(self, record: UsageRecord) -> None:
@@ -164,34 +180,43 @@ class BudgetWatcher:
         cost = record.total_cost_usd
         if not cost:
             return
-        day = record.timestamp.astimezone(UTC).date()
         purpose = record.purpose or ""
         if len(self._pending) >= MAX_PENDING:
             self._pending.pop(next(iter(self._pending)))
         self._pending[(record.request_id, record.timestamp)] = Pending(
-            day, purpose, cost
+            record.timestamp.astimezone(UTC).date(), purpose, cost
         )
         now = self.clock()
         for limit in self.limits:
             if not covers(limit, purpose):
                 continue
-            start, end = window_bounds(limit.window, now)
-            cached = self._spent.get(limit)
-            # A stale or missing figure is rebuilt, pending call included.
-            fresh = cached is not None and cached[0] == start
-            if fresh and start.date() <= day < end.date():
-                self._spent[limit] = (start, cached[1] + cost)
-            self.check_thresholds(self.state(limit, now))
+            figure = self._figures.get(limit)
+            if figure is None or not figure.holds(now):
+                # Rebuilt from scratch, the call just added included.
+                figure = self.figure(limit, now)
+            elif figure.holds(record.timestamp):
+                figure.spent_usd += cost
+            self.metrics.budget_ratio[(limit.name, limit.window)] = float(
+                figure.spent_usd / limit.limit_usd
+            )
+            if figure.spent_usd >= figure.first_alert_usd:
+                self.check_thresholds(self.state(limit, now))
 
     # -- figures -------------------------------------------------------------
 
+    def figure(self, limit: Limit, now: datetime) -> Figure:
+        """The cached figure of *limit*'s window holding *now*, rebuilt if stale."""
+        figure = self._figures.get(limit)
+        if figure is None or not figure.holds(now):
+            start, end = window_bounds(limit.window, now)
+            spent = self._sum(limit, start.date(), end.date())
+            figure = Figure(start, end, spent, limit.limit_usd * self._first_alert)
+            self._figures[limit] = figure
+        return figure
+
     def state(self, limit: Limit, now: datetime) -> BudgetState:
-        start, end = window_bounds(limit.window, now)
-        cached = self._spent.get(limit)
-        if cached is None or cached[0] != start:
-            cached = (start, self._sum(limit, start.date(), end.date()))
-            self._spent[limit] = cached
-        return BudgetState(limit, start, end, cached[1])
+        figure = self.figure(limit, now)
+        return BudgetState(limit, figure.start, figure.end, figure.spent_usd)
 
     def states(self) -> list[BudgetState]:
         now = self.clock()
@@ -238,7 +263,7 @@ class BudgetWatcher:
             if pending is not None and pending.day < first:
                 del self._pending[key]
         self._stored = {(r["day"], r["purpose"]): r["cost_usd"] for r in rows}
-        self._spent.clear()
+        self._figures.clear()
         for state in self.states():
             self.metrics.budget_ratio[(state.limit.name, state.limit.window)] = (
                 state.ratio
