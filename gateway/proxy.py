@@ -21,6 +21,12 @@ way without a row, since they carry no token usage. For the accounted ones
 the gateway asks upstream for an uncompressed answer (it must read the usage);
 other paths pass ``Accept-Encoding`` through and relay compressed bytes as-is.
 
+The call's ``X-Request-Id`` (the client's, or a new one) is stored, sent
+upstream, and returned to the client; the upstream's own ``x-request-id``
+comes back as ``X-Upstream-Request-Id``. The client's ``Authorization`` goes
+upstream untouched, unless gateway keys are configured: then it must be one of
+them, and the upstream's own ``api_key`` is sent instead.
+
 A streamed chat or legacy completion whose client did not set
 ``stream_options.include_usage`` gets it set upstream, and the scanner removes
 the usage-only chunk that this adds, so the client sees what it would have
