@@ -300,6 +300,10 @@ def answer_of(row: Any) -> Ingested:
 async def look_up(
     app: web.Application, request_id: str, timestamp: datetime | None = None
 ) -> Any:
+    # While the recorder knows the database is away, asking would only wait
+    # for a connect timeout; the recent posts and the unique key still hold.
+    if not app[RECORDER].database_ok:
+        return None
     try:
         return await stats.find_call(app[DATABASE].pool, request_id, timestamp)
     except LOOKUP_ERRORS as exc:
