@@ -354,10 +354,10 @@ async def export_csv(request: web.Request) -> web.StreamResponse:
     # does not answer is still an error response rather than an empty file.
     with database_errors():
         first = await anext(rows, None)
-    await response.prepare(request)
-    await response.write(csv_lines([stats.EXPORT_COLUMNS]))
     written = 0
     try:
+        await response.prepare(request)
+        await response.write(csv_lines([stats.EXPORT_COLUMNS]))
         chunk = first
         while chunk is not None:
             await response.write(csv_lines(chunk))
