@@ -73,7 +73,7 @@ class ProxyPath:
 
 
 # Pure, and clients send the same few targets: the checks run once each.
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def split_target(raw_target: str) -> ProxyPath:
     """
     Return the parts of a raw request target ``[/<upstream>]/v1/<rest>[?query]``.

@@ -116,9 +116,9 @@ def openai_client(
 
 async def direct_chunks(fake: FakeUpstream, **create: Any) -> list[dict[str, Any]]:
     async with openai.AsyncOpenAI(
-        base_url=fake.base_url,
+        base_url=fake.base_url,  # type: ignore[attr-defined]
         api_key=CLIENT_KEY,
-        max_retries=0,  # type: ignore[attr-defined]
+        max_retries=0,
     ) as direct:
         stream = await direct.chat.completions.create(stream=True, **create)
         return [chunk.model_dump() async for chunk in stream]
