@@ -7,14 +7,18 @@
 // stdin, one per line:
 //
 //   refresh   click "Refresh" and report once the refresh has landed
+//   next      report once a refresh started after this command has landed
+//             (the page's own timer, see ?refresh=SECONDS)
 //   period P  click the period button P (week, month...) and report
 //   days N    pick N days of history and report
 //   stale     wait for the "cannot reach the gateway" banner, then report
 //   quit      close the browser and exit
 //
 // Environment: DASHBOARD_URL (required), ADMIN_TOKEN, ARTIFACTS_DIR
-// (default test-artifacts), CHROMIUM (default /usr/bin/chromium), and
-// SCREENSHOTS=0 to skip the screenshots and narrow layouts after loading.
+// (default test-artifacts), CHROMIUM (default /usr/bin/chromium),
+// SCREENSHOTS=0 to skip the screenshots and narrow layouts after loading, and
+// CLOCK_START (an ISO time) to start the page's clock there, so that a
+// gateway running on a test clock and the page agree on what "today" is.
 
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
@@ -31,6 +35,7 @@ const adminToken = process.env.ADMIN_TOKEN ?? "";
 const artifacts = process.env.ARTIFACTS_DIR ?? "test-artifacts";
 const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const screenshots = process.env.SCREENSHOTS !== "0";
+const clockStart = process.env.CLOCK_START ?? "";
 const WAIT_MS = 20_000;
 
 function emit(event, data) {
@@ -67,6 +72,10 @@ async function run() {
     colorScheme: "light",
     reducedMotion: "reduce",
   });
+  if (clockStart) {
+    // Time flows from there at its natural pace; timers fire as usual.
+    await context.clock.install({ time: new Date(clockStart) });
+  }
   const page = await context.newPage();
 
   const pageErrors = [];
@@ -112,6 +121,17 @@ async function run() {
     if (name === "refresh") {
       await afterRefresh(page, () => page.click("#refresh-now"));
       emit("refreshed", { report: await inspect(page) });
+    } else if (name === "next") {
+      // The first refresh to land may have started before this command; the
+      // second started after the first landed.
+      const before = await refreshCount(page);
+      await page.waitForFunction(
+        (count) => Number(document.body.dataset.refreshes ?? 0) >= count + 2,
+        before,
+        { timeout: WAIT_MS },
+      );
+      await settle(page);
+      emit("next", { report: await inspect(page) });
     } else if (name === "period") {
       apiRequests.length = 0;
       await afterRefresh(page, () => page.click(`[data-period="${argument}"]`));
