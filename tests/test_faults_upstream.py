@@ -14,6 +14,8 @@ import asyncpg
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.app import create_app
 from gateway.sse import MAX_EVENT_BYTES, StreamScanner
@@ -404,3 +406,54 @@ async def test_an_error_status_on_a_stream_request_passes_through(
     assert (await resp.json())["error"]["message"] == "fake 429"
     (row,) = await stored_rows(client.server.app, db_pool)
     assert (row["status"], row["total_tokens"]) == (429, 0)
+
+
+event_bytes = st.lists(
+    st.sampled_from(
+        [b"data: ", b"[DONE]", b"\n", b"\r", b"\n\n", b'"usage"', b":{", b"}", b"{"]
+    )
+    | st.binary(max_size=40),
+    max_size=30,
+).map(b"".join)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    pieces=st.lists(event_bytes, min_size=1, max_size=6),
+    streamed=st.booleans(),
+)
+async def test_any_upstream_bytes_are_relayed_and_leave_one_row(
+    gateway: Gateway,
+    fake: FakeUpstream,
+    db_pool: asyncpg.Pool,
+    pieces: list[bytes],
+    streamed: bool,
+) -> None:
+    """Whatever the upstream sends, it reaches the client and is recorded once."""
+    client = await gateway()
+    body = b"".join(pieces)
+    if streamed:
+        fake.stream_next(pieces)
+    else:
+        fake.fail_next(200, body=body)
+    before = len(await stored_rows(client.server.app, db_pool))
+
+    resp = await client.post(CHAT, json=chat_body(stream=streamed))
+    got, broken = await read_until_cut(resp)
+
+    assert resp.status == 200
+    assert not broken
+    rows = await stored_rows(client.server.app, db_pool)
+    assert len(rows) == before + 1
+    row = next(r for r in rows if r["request_id"] == resp.headers["X-Request-Id"])
+    assert row["status"] == 200
+    if row["usage_complete"]:
+        # Only a body that really held usage may change what is relayed.
+        assert row["usage_estimated"] is False
+    else:
+        assert got == body
+        assert row["usage_estimated"]
