@@ -234,7 +234,8 @@ async def test_sigkill_under_load_loses_at_most_the_last_flush_intervals(
 
     stored = await stored_ids(db_pool)
     missing = set(load.answered) - stored
-    window_s = 2 * FLUSH_INTERVAL_MS / 1000 + 0.25
+    # Two intervals (one waiting, one being written) and slack for a busy CPU.
+    window_s = 2 * FLUSH_INTERVAL_MS / 1000 + 0.5
     recent = {rid for rid, t in load.answered.items() if t >= killed_at - window_s}
     report = (
         f"SIGKILL under load: {len(load.answered)} calls answered, "
