@@ -211,10 +211,10 @@ def read_filters(request: web.Request) -> stats.Filters:
         if not values or values[0] == "":
             continue
         value = values[0]
-        if len(value) > MAX_FILTER_CHARS or not value.isprintable():
+        if len(value) > MAX_FILTER_CHARS or not ingest.has_no_control_chars(value):
             raise BadParameter(
-                f"{name} must be printable text of at most {MAX_FILTER_CHARS}"
-                " characters",
+                f"{name} must be text of at most {MAX_FILTER_CHARS} characters"
+                " without control characters",
                 param=name,
             )
         found[name] = value

@@ -42,6 +42,10 @@ MAX_TAG_CHARS = 128
 MAX_NAME_CHARS = 64
 # Visible ASCII, as for the X-Request-Id header of proxied calls.
 REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+# Text the API takes (names, tags, filters): anything but control
+# characters. The OpenAPI document publishes this very pattern.
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f-\x9f]*$"
+_NO_CONTROL_CHARS = re.compile(NO_CONTROL_CHARS)
 # A day: anything longer is a unit mistake, not a latency.
 MAX_RESPONSE_TIME_MS = 86_400_000.0
 # Clocks drift; a call stamped further ahead than this is a mistake.
@@ -122,6 +126,11 @@ def setup(app: web.Application) -> None:
 # -- checking the body --------------------------------------------------------
 
 
+def has_no_control_chars(value: str) -> bool:
+    # fullmatch: a bare $ would also match before a final newline.
+    return _NO_CONTROL_CHARS.fullmatch(value) is not None
+
+
 def read_count(body: dict[str, Any], name: str, *, required: bool) -> int:
     value = body.get(name)
     if value is None:
@@ -148,8 +157,8 @@ def read_text(
         raise BadParameter(
             f"{name} must be text of 1 to {max_chars} characters", param=name
         )
-    if not value.isprintable():
-        raise BadParameter(f"{name} must be printable text", param=name)
+    if not has_no_control_chars(value):
+        raise BadParameter(f"{name} must not hold control characters", param=name)
     return value
 
 

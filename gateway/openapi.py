@@ -11,6 +11,7 @@ from functools import cache
 from typing import Any
 
 from gateway import __version__
+from gateway.ingest import NO_CONTROL_CHARS
 from gateway.usage import MAX_TOKENS
 
 Schema = dict[str, Any]
@@ -35,10 +36,25 @@ def nullable(schema: Schema) -> Schema:
     return {**schema, "type": [*([kind] if isinstance(kind, str) else kind), "null"]}
 
 
+def text_of(max_chars: int) -> Schema:
+    """Text the API takes: 1 to *max_chars* characters, no control characters."""
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": max_chars,
+        "pattern": NO_CONTROL_CHARS,
+    }
+
+
 INTEGER: Schema = {"type": "integer", "minimum": 0}
 USD: Schema = {"type": "number", "minimum": 0, "description": "US dollars."}
 TEXT: Schema = {"type": "string"}
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
+DATE_OR_TIMESTAMP: Schema = {
+    "type": "string",
+    # Empty is the same as absent.
+    "anyOf": [{"format": "date"}, {"format": "date-time"}, {"maxLength": 0}],
+}
 
 SCHEMAS: dict[str, Schema] = {
     "Error": obj(
@@ -151,41 +167,53 @@ SCHEMAS: dict[str, Schema] = {
             "error": nullable(TEXT),
         }
     ),
+    # Every optional field may also be null, which means the same as absent.
     "UsagePost": obj(
         {
-            "model": {"type": "string", "minLength": 1, "maxLength": 256},
+            "model": text_of(256),
             "input_tokens": {**INTEGER, "maximum": MAX_TOKENS},
             "output_tokens": {**INTEGER, "maximum": MAX_TOKENS},
-            "cached_input_tokens": {
-                **INTEGER,
-                "maximum": MAX_TOKENS,
-                "description": "Part of input_tokens.",
-            },
-            "reasoning_tokens": {
-                **INTEGER,
-                "maximum": MAX_TOKENS,
-                "description": "Part of output_tokens.",
-            },
-            "purpose": nullable({"type": "string", "minLength": 1, "maxLength": 128}),
-            "ticker": nullable({"type": "string", "minLength": 1, "maxLength": 128}),
-            "cycle_id": nullable({"type": "string", "minLength": 1, "maxLength": 128}),
-            "response_time_ms": {"type": "number", "minimum": 0, "maximum": 86400000},
-            "timestamp": {
-                **TIMESTAMP,
-                "description": "When the call was made; UTC without an offset.",
-            },
-            "request_id": {
-                "type": "string",
-                "pattern": "^[\\x21-\\x7e]{1,128}$",
-                "description": "Posting the same id again stores nothing new.",
-            },
-            "upstream": {"type": "string", "minLength": 1, "maxLength": 64},
-            "provider": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 64,
-                "description": "Price catalog provider id (openai, deepseek).",
-            },
+            "cached_input_tokens": nullable(
+                {
+                    **INTEGER,
+                    "maximum": MAX_TOKENS,
+                    "description": "Part of input_tokens, so at most that.",
+                }
+            ),
+            "reasoning_tokens": nullable(
+                {
+                    **INTEGER,
+                    "maximum": MAX_TOKENS,
+                    "description": "Part of output_tokens, so at most that.",
+                }
+            ),
+            "purpose": nullable(text_of(128)),
+            "ticker": nullable(text_of(128)),
+            "cycle_id": nullable(text_of(128)),
+            "response_time_ms": nullable(
+                {"type": "number", "minimum": 0, "maximum": 86400000}
+            ),
+            "timestamp": nullable(
+                {
+                    **TIMESTAMP,
+                    "description": "When the call was made (not ahead of now);"
+                    " UTC without an offset. Absent: now.",
+                }
+            ),
+            "request_id": nullable(
+                {
+                    "type": "string",
+                    "pattern": "^[\\x21-\\x7e]{1,128}$",
+                    "description": "Posting the same id again stores nothing new.",
+                }
+            ),
+            "upstream": nullable(text_of(64)),
+            "provider": nullable(
+                {
+                    **text_of(64),
+                    "description": "Price catalog provider id (openai, deepseek).",
+                }
+            ),
         },
         optional=(
             "cached_input_tokens",
@@ -220,7 +248,7 @@ FILTERS = [
         "name": name,
         "in": "query",
         "required": False,
-        "schema": {"type": "string", "maxLength": 256},
+        "schema": {"type": "string", "maxLength": 256, "pattern": NO_CONTROL_CHARS},
         "description": text,
     }
     for name, text in (
@@ -337,12 +365,12 @@ PATHS: dict[str, Any] = {
             "parameters": [
                 query(
                     "from",
-                    {"type": "string"},
+                    DATE_OR_TIMESTAMP,
                     "ISO timestamp or date (its midnight); no start if absent.",
                 ),
                 query(
                     "to",
-                    {"type": "string"},
+                    DATE_OR_TIMESTAMP,
                     "ISO timestamp (excluded) or date (included); no end if absent.",
                 ),
                 *FILTERS,

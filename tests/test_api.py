@@ -413,6 +413,7 @@ BAD_PARAMETERS = [
     ("/api/token-usage?purpose=" + "p" * 300, "purpose"),
     ("/api/token-usage?model=a&model=b", "model"),
     ("/api/token-usage?ticker=%00", "ticker"),
+    ("/api/token-usage?ticker=AAPL%0A", "ticker"),
     ("/api/token-usage/history?days=0", "days"),
     ("/api/token-usage/history?days=367", "days"),
     ("/api/token-usage/history?days=abc", "days"),

@@ -206,6 +206,7 @@ BAD_BODIES = [
     ({**GOOD, "cached_input_tokens": 11}, "cached_input_tokens"),
     ({**GOOD, "reasoning_tokens": 6}, "reasoning_tokens"),
     ({**GOOD, "purpose": "x" * 129}, "purpose"),
+    ({**GOOD, "purpose": "trailing newline\n"}, "purpose"),
     ({**GOOD, "ticker": 5}, "ticker"),
     ({**GOOD, "cycle_id": ""}, "cycle_id"),
     ({**GOOD, "response_time_ms": -3}, "response_time_ms"),
