@@ -87,7 +87,8 @@ CREATE OR REPLACE TRIGGER llm_usage_trim_tickers
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION llm_usage_trim_tickers();
 
--- Emptying the daily rollup (to rebuild it) empties this one too.
+-- Emptying the daily rollup empties this one too, so that they never hold
+-- different days; rebuilding either from llm_usage is a manual step.
 CREATE OR REPLACE FUNCTION llm_usage_empty_tickers() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

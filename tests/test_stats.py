@@ -6,7 +6,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from gateway import stats
+from gateway import db, stats
 from gateway.config import BudgetSettings
 from gateway.record import UsageRecord
 from tests.seed import make_records, select, store, usd
@@ -353,3 +353,20 @@ async def test_a_session_reads_rows_of_its_first_day_and_rollups_after(
 
         assert as_figures(summary) == as_figures(from_rows), started
         assert summary.totals.calls == select(RECORDS, started).calls > 0
+
+
+async def test_retention_trims_the_ticker_rollup_with_the_daily_one(
+    seeded: asyncpg.Pool,
+) -> None:
+    async with seeded.acquire() as conn:
+        await db.apply_retention(conn, NOW, months=1)
+
+    period = stats.resolve_period("all", NOW, STARTED)
+    summary = await stats.summarize(seeded, period)
+    by_ticker = await stats.summarize(seeded, period, stats.Filters(ticker="AAPL"))
+
+    kept = select(RECORDS, day(2030, 3, 1))
+    assert as_figures(summary) == kept.token_usage()
+    assert (
+        by_ticker.totals.calls == select(RECORDS, day(2030, 3, 1), ticker="AAPL").calls
+    )
