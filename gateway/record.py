@@ -8,7 +8,6 @@ so a replayed record is the record that was built, to the last digit.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,7 +62,7 @@ class UsageRecord:
             raise ValueError("UsageRecord.timestamp must be timezone-aware")
 
     def to_json(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self), default=_encode)
+        return orjson.dumps(self, default=encode_json)
 
     @classmethod
     def from_json(cls, line: bytes | str) -> UsageRecord:
@@ -75,7 +74,8 @@ class UsageRecord:
         return cls(**data)
 
 
-def _encode(value: Any) -> Any:
+def encode_json(value: Any) -> Any:
+    """orjson's fallback: money as exact decimal strings."""
     if isinstance(value, Decimal):
         return str(value)
     raise TypeError(f"cannot encode {type(value).__name__}")

@@ -32,10 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
+import orjson
 
 from gateway.config import RecorderSettings
 from gateway.metrics import Metrics
-from gateway.record import UsageRecord
+from gateway.record import UsageRecord, encode_json
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,13 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 NAMES = [name for name, _ in COLUMNS]
 QUOTED = ", ".join(f'"{name}"' for name in NAMES)
 
-# One statement, one round trip: insert what is new, roll up only that.
-UNNEST = ", ".join(f"${i}::{type_}[]" for i, (_, type_) in enumerate(COLUMNS, 1))
+# One statement, one round trip: insert what is new, roll up only that. The
+# batch travels as one JSON text that the server unpacks: encoding it with
+# orjson costs the gateway a fraction of binding 25 typed arrays.
+BATCH_COLUMNS = ", ".join(f'"{name}" {type_}' for name, type_ in COLUMNS)
 INSERT_BATCH = f"""
 WITH batch AS (
-    SELECT * FROM unnest({UNNEST}) AS b({QUOTED})
+    SELECT * FROM json_to_recordset($1::text::json) AS b({BATCH_COLUMNS})
 ), inserted AS (
     INSERT INTO llm_usage ({QUOTED})
     SELECT {QUOTED} FROM batch
@@ -119,15 +122,20 @@ SELECT count(*) FROM inserted
 # (a value out of range, a NUL in text). Every other failure, from a refused
 # connection to a statement timeout or a missing table during a migration,
 # says nothing about the records, so they are spooled and retried instead.
-REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+REFUSED = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    # An integer past 64 bits cannot even be encoded.
+    orjson.JSONEncodeError,
+)
 
 # A replay reads one whole segment, so this bounds its memory.
 SEGMENT_MAX_RECORDS = 20_000
 
 
-def batch_arguments(records: list[UsageRecord]) -> list[list[object]]:
-    """The batch as one list per column, in ``COLUMNS`` order."""
-    return [[getattr(r, name) for r in records] for name in NAMES]
+def batch_arguments(records: list[UsageRecord]) -> list[str]:
+    """The statement's one argument: the records as a JSON array of objects."""
+    return [orjson.dumps(records, default=encode_json).decode()]
 
 
 async def write_batch(
