@@ -189,11 +189,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database answers; the recorder's backlog is in the body."""
+    """
+    Ready when the database answers and its schema is in place; the
+    recorder's backlog is in the body either way.
+    """
     recorder = request.app[RECORDER]
+    database = request.app[DATABASE]
     try:
-        await asyncio.wait_for(request.app[DATABASE].pool.fetchval("SELECT 1"), 2)
-        database_ok = True
+        await asyncio.wait_for(database.pool.fetchval("SELECT 1"), 2)
+        database_ok = database.ready.is_set()
     # Whatever the reason, an unanswered query means not ready.
     except Exception:
         database_ok = False

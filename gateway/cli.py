@@ -92,7 +92,16 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
             await database.close()
         return applied
 
-    applied = asyncio.run(run())
+    try:
+        applied = asyncio.run(run())
+    except db.DatabaseRefused as exc:
+        log.error("%s", exc.message)
+        return 2
+    except Exception as exc:
+        if not db.is_unreachable(exc):
+            raise
+        log.error("cannot reach the database: %s", exc)
+        return 1
     log.info(
         "applied %d migrations%s",
         len(applied),
