@@ -890,6 +890,10 @@ async def test_page_on_a_seeded_gateway(chromium, seeded_gateway) -> None:
         assert wide["lastRefresh"].startswith("Updated")
         assert narrow["scrollWidth"] <= narrow["viewportWidth"] == 375
         assert narrowest["scrollWidth"] <= narrowest["viewportWidth"] == 360
+        # A long model name and yesterday's dated rows still leave the
+        # status column in sight on a phone.
+        assert narrow["tableFits"] == {"cycles-table": True, "calls-table": True}
+        assert narrowest["tableFits"] == narrow["tableFits"]
         assert loaded["pageErrors"] == []
 
         # Enough spend to take today over its limit, the month staying green.

@@ -294,10 +294,14 @@ function inspect(page) {
     }
 
     const tables = {};
+    // Whether each table fits its card without scrolling sideways.
+    const tableFits = {};
     for (const table of document.querySelectorAll("table")) {
       tables[table.id] = Array.from(table.tBodies[0].rows).map((row) =>
         Array.from(row.cells).map((cell) => text(cell)),
       );
+      const wrap = table.parentElement;
+      tableFits[table.id] = wrap.scrollWidth <= wrap.clientWidth;
     }
 
     const banner = document.querySelector("#banner");
@@ -306,6 +310,7 @@ function inspect(page) {
       budgets,
       charts,
       tables,
+      tableFits,
       bannerVisible: visible(banner),
       bannerText: text(banner),
       bodyStale: document.body.classList.contains("is-stale"),

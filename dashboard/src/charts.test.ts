@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest";
 import {
   costByModel,
   costByPurpose,
+  fitLabel,
   hasNoCost,
   historySeries,
   OTHER_LABEL,
@@ -106,5 +107,27 @@ describe("colours", () => {
   it("adds an alpha channel to hex colours only", () => {
     expect(withAlpha("#4f7cff", 0.15)).toBe("rgba(79, 124, 255, 0.15)");
     expect(withAlpha("rgb(1, 2, 3)", 0.5)).toBe("rgb(1, 2, 3)");
+  });
+});
+
+describe("fitLabel", () => {
+  // Every character 7 px wide.
+  const measure = (text: string): number => Array.from(text).length * 7;
+
+  it("keeps a label that fits whole", () => {
+    expect(fitLabel("trading_decision", 112, measure)).toBe("trading_decision");
+  });
+
+  it("cuts a label that does not fit to the most characters that do", () => {
+    const purpose = "overnight_macro_research_digest_for_the_morning_meeting";
+
+    const fitted = fitLabel(purpose, 120, measure);
+
+    expect(fitted).toBe("overnigh…_meeting");
+    expect(measure(fitted)).toBeLessThanOrEqual(120);
+  });
+
+  it("keeps two characters however narrow the room", () => {
+    expect(fitLabel("market_summary", 0, measure)).toBe("m…");
   });
 });

@@ -21,12 +21,21 @@ import {
   PointElement,
   Tooltip,
   type ChartConfiguration,
+  type FontSpec,
   type Plugin,
   type TooltipItem,
 } from "chart.js";
+import { toFont } from "chart.js/helpers";
 
 import type { Breakdown, History, Usage } from "./api";
-import { formatDay, formatPercent, formatTokens, formatTokensShort, formatUsd } from "./format";
+import {
+  formatDay,
+  formatPercent,
+  formatTokens,
+  formatTokensShort,
+  formatUsd,
+  shortenLabel,
+} from "./format";
 
 Chart.register(
   ArcElement,
@@ -57,6 +66,35 @@ export interface HistorySeries {
 }
 
 export const OTHER_LABEL = "other";
+
+// Longest model name the doughnut's legend shows whole (a longer legend line
+// is cut at both card edges); longer ones are cut in the middle, and the
+// tooltip has them whole.
+export const LEGEND_LABEL_CHARS = 28;
+// Chart.js gives a vertical axis at most half the chart's width and cuts a
+// longer label at the canvas edge; the tick mark and padding take this much.
+const AXIS_SLACK_PX = 16;
+
+/** The font a scale's ticks are drawn in, the chart's default one if unset. */
+function tickFont(options: object): Partial<FontSpec> {
+  const { ticks } = options as { ticks?: { font?: Partial<FontSpec> } };
+  return ticks?.font ?? Chart.defaults.font;
+}
+
+/**
+ * *label* whole when it is at most *maxPx* wide, else its longest middle-cut
+ * form that is (`measure` gives a text's width in pixels).
+ */
+export function fitLabel(label: string, maxPx: number, measure: (text: string) => number): string {
+  if (measure(label) <= maxPx) {
+    return label;
+  }
+  let chars = Array.from(label).length - 1;
+  while (chars > 2 && measure(shortenLabel(label, chars)) > maxPx) {
+    chars -= 1;
+  }
+  return shortenLabel(label, chars);
+}
 
 /**
  * Break a `breakdown_by_*` object into slices by cost, largest first.
@@ -317,10 +355,20 @@ function modelsConfig(theme: () => Theme): ChartConfiguration<"doughnut", number
       plugins: {
         legend: {
           position: "bottom",
-          labels: { boxWidth: 10, boxHeight: 10, padding: 8, font: { size: 11 } },
+          labels: {
+            boxWidth: 10,
+            boxHeight: 10,
+            padding: 8,
+            font: { size: 11 },
+            generateLabels: (chart) =>
+              Chart.overrides.doughnut.plugins.legend.labels
+                .generateLabels(chart)
+                .map((item) => ({ ...item, text: shortenLabel(item.text, LEGEND_LABEL_CHARS) })),
+          },
         },
         tooltip: {
           callbacks: {
+            title: (items) => items[0]?.label ?? "",
             label: (item) => ` ${formatUsd(item.parsed)} (${shareOf(item)})`,
           },
         },
@@ -409,7 +457,21 @@ function purposesConfig(): ChartConfiguration<"bar", number[], string> {
           beginAtZero: true,
           ticks: { callback: (value) => formatUsd(Number(value)), maxTicksLimit: 5 },
         },
-        y: { grid: { display: false } },
+        y: {
+          grid: { display: false },
+          ticks: {
+            callback(value) {
+              const label = this.getLabelForValue(Number(value));
+              const { ctx } = this;
+              ctx.save();
+              ctx.font = toFont(tickFont(this.options)).string;
+              const room = this.chart.width / 2 - AXIS_SLACK_PX;
+              const text = fitLabel(label, room, (candidate) => ctx.measureText(candidate).width);
+              ctx.restore();
+              return text;
+            },
+          },
+        },
       },
     },
   };

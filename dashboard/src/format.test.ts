@@ -14,6 +14,7 @@ import {
   formatUsd,
   formatUsdFine,
   MISSING,
+  shortenLabel,
 } from "./format";
 
 describe("formatInteger", () => {
@@ -182,5 +183,29 @@ describe("times", () => {
     expect(ago(180)).toBe("3 min ago");
     expect(ago(7200)).toBe("2 h ago");
     expect(ago(3 * 86400)).toBe("3 days ago");
+  });
+});
+
+describe("shortenLabel", () => {
+  it("leaves a name that fits as it is", () => {
+    expect(shortenLabel("gpt-4o-mini", 11)).toBe("gpt-4o-mini");
+    expect(shortenLabel("", 5)).toBe("");
+  });
+
+  it("cuts a long name in the middle to the length asked", () => {
+    const model = "accounts/fireworks/models/llama-v3p1-405b-instruct-long-context";
+
+    const short = shortenLabel(model, 24);
+
+    expect(short).toBe("accounts/fir…ong-context");
+    expect(Array.from(short)).toHaveLength(24);
+  });
+
+  it("counts characters, not UTF-16 units", () => {
+    expect(shortenLabel("🙂🙂🙂🙂🙂🙂", 5)).toBe("🙂🙂…🙂🙂");
+  });
+
+  it("keeps at least the first character", () => {
+    expect(shortenLabel("trading_decision", 1)).toBe("t…");
   });
 });

@@ -246,3 +246,19 @@ export function formatAgo(then: Date, now: Date = new Date()): string {
   }
   return `${Math.floor(hours / 24)} days ago`;
 }
+
+/**
+ * A name cut to *maxChars* characters (two at least) for a chart's legend or
+ * axis, keeping both ends (`accounts/fir…ong-context`): model names differ at
+ * the end, purposes at the start. The chart's tooltip shows the whole name.
+ */
+export function shortenLabel(text: string, maxChars: number): string {
+  const chars = Array.from(text);
+  if (chars.length <= maxChars) {
+    return text;
+  }
+  const kept = Math.max(1, maxChars - 1);
+  const head = Math.ceil(kept / 2);
+  const tail = kept - head;
+  return `${chars.slice(0, head).join("")}…${tail > 0 ? chars.slice(-tail).join("") : ""}`;
+}
