@@ -4,11 +4,11 @@ API answer.
 
 Two gateways share the run's database: one guards its door with a gateway key
 and sends the upstream's own key, the other passes the client's key through.
-Both hold an admin token, a Telegram bot token (its Bot API unreachable, so
-the bot's error paths run) and an alert webhook whose URL carries a secret,
-with a budget tiny enough that an alert is raised and fails to go out. Every
-log record at DEBUG, every row of every gateway table, the spool, /metrics
-and every /api answer are then searched for each secret.
+Both hold a database password, an admin token, a Telegram bot token (its Bot
+API unreachable, so the bot's error paths run) and an alert webhook whose URL
+carries a secret, with a budget tiny enough that an alert is raised and fails
+to go out. Every log record at DEBUG, every row of every gateway table, the
+spool, /metrics and every /api answer are then searched for each secret.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ ADMIN_TOKEN = "admin-SECRET-e8f0b2c4"
 WRONG_ADMIN_TOKEN = "admin-wrong-SECRET-0f0f"
 BOT_TOKEN = "987654:bot-SECRET-aa11bb22"
 WEBHOOK_SECRET = "hook-SECRET-5c5c6d6d"
+DATABASE_PASSWORD = "pgpass-SECRET-3e3e7a7a"
 SECRETS = [
+    DATABASE_PASSWORD,
     CLIENT_KEY,
     WRONG_KEY,
     UPSTREAM_KEY,
@@ -64,6 +66,26 @@ API_PATHS = [
 ]
 
 
+async def url_with_password(url: str) -> str:
+    """
+    *url* with DATABASE_PASSWORD in it, when the server then still lets us in.
+
+    A server that trusts loopback ignores the password, so the gateway holds
+    one more secret to leak; one that checks passwords keeps its own URL.
+    """
+    scheme, _, rest = url.partition("://")
+    user, at, host = rest.partition("@")
+    if not at or ":" in user:
+        return url
+    candidate = f"{scheme}://{user}:{DATABASE_PASSWORD}@{host}"
+    try:
+        conn = await asyncpg.connect(candidate, timeout=5)
+    except (OSError, asyncpg.PostgresError):
+        return url
+    await conn.close()
+    return candidate
+
+
 def settings_for(
     make_settings: Any,
     fake: FakeUpstream,
@@ -71,6 +93,7 @@ def settings_for(
     data_dir: Path,
     *,
     keyed: bool,
+    database_url: str,
 ) -> Any:
     dead = f"http://127.0.0.1:{dead_port}"
     server: dict[str, Any] = {"admin_token": ADMIN_TOKEN, "log_level": "DEBUG"}
@@ -80,7 +103,7 @@ def settings_for(
     # An upstream that refuses connections, so the error paths log too.
     upstreams["deepseek"]["base_url"] = f"{dead}/v1"
     return make_settings(
-        database={"data_dir": str(data_dir)},
+        database={"data_dir": str(data_dir), "url": database_url},
         server=server,
         upstreams=upstreams,
         budgets={"daily_usd": "0.000001", "alert_thresholds": [0.5]},
@@ -154,6 +177,7 @@ def assert_no_secret(texts: list[str], where: str) -> None:
 async def test_no_secret_appears_in_logs_rows_metrics_or_answers(
     aiohttp_client: Any,
     make_settings: Any,
+    database_url: str,
     db_pool: asyncpg.Pool,
     aiohttp_server: Any,
     unused_tcp_port: int,
@@ -162,17 +186,28 @@ async def test_no_secret_appears_in_logs_rows_metrics_or_answers(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     fake = await start_fake(aiohttp_server)
+    url = await url_with_password(database_url)
     keyed = await aiohttp_client(
         create_app(
             settings_for(
-                make_settings, fake, unused_tcp_port, tmp_path / "a", keyed=True
+                make_settings,
+                fake,
+                unused_tcp_port,
+                tmp_path / "a",
+                keyed=True,
+                database_url=url,
             )
         )
     )
     passing = await aiohttp_client(
         create_app(
             settings_for(
-                make_settings, fake, unused_tcp_port, tmp_path / "b", keyed=False
+                make_settings,
+                fake,
+                unused_tcp_port,
+                tmp_path / "b",
+                keyed=False,
+                database_url=url,
             )
         )
     )
