@@ -2,10 +2,12 @@
 The dashboard page: how the gateway serves its files, and the page itself in
 a real headless Chromium.
 
-The browser tests talk to a ``dashboard_target``: a server that serves the
-built page and the usage API. Here it is a small aiohttp app with canned
-answers in the API's shapes; pointing the tests at a real gateway with seeded
-data means writing another fixture that yields a :class:`DashboardTarget`.
+The browser tests talk to a :class:`DashboardTarget`: a server that serves
+the built page and the usage API. Most checks run against the gateway itself
+(``seeded_gateway``: ``create_app`` on the test database, rows written by the
+recorder's batch writer, budgets and an admin token set) in one browser
+session; a small aiohttp app with canned answers (``canned_target``) covers
+what only fixed answers can show.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from yarl import URL
 
 from gateway import dashboard
 from gateway.app import create_app
+from gateway.clock import Clock
 from gateway.record import UsageRecord
 from tests import seed
 
@@ -527,14 +530,15 @@ SEED_PURPOSES = (
     "overnight_macro_research_digest_for_the_morning_meeting",
 )
 SEED_TICKERS = (None, "AAPL", "MSFT", "NVDA", "BRK.B")
-# Calls per day, by days before the gateway's today. Three days back has
-# none (a zero in the history); 20 and more are in the previous month.
+# Calls per day, by days before the gateway's today. Days left out (and
+# three days back) have none: zeros in the history. Twenty days back and
+# more are in the previous month.
 CALLS_BY_DAYS_BACK = {
     0: 36, 1: 14, 2: 9, 3: 0, 4: 12, 5: 7, 6: 10, 8: 6, 11: 8, 14: 5,
     20: 9, 33: 12, 47: 6,
 }  # fmt: skip
-# Today's spend is this share of the daily limit (yellow: past the first
-# alert threshold, 0.8), the month's of the monthly limit (green).
+# Today's spend is about this share of the daily limit (yellow: past the
+# first alert threshold, 0.8), the month's of the monthly limit (green).
 DAILY_SHARE = Decimal("0.9")
 MONTHLY_SHARE = Decimal("0.25")
 
@@ -547,7 +551,7 @@ def gateway_start(real_now: datetime) -> datetime:
     return real_now.replace(day=15, hour=12, minute=0, second=0, microsecond=0)
 
 
-def shifted_clock(start: datetime) -> Callable[[], datetime]:
+def shifted_clock(start: datetime) -> Clock:
     """A clock that reads *start* now and runs at the real pace from there."""
     offset = start - datetime.now(UTC)
     return lambda: datetime.now(UTC) + offset
