@@ -6,6 +6,8 @@ what happened.
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -457,3 +459,92 @@ async def test_any_upstream_bytes_are_relayed_and_leave_one_row(
     else:
         assert got == body
         assert row["usage_estimated"]
+
+
+async def start_raw_upstream(answer: bytes) -> tuple[asyncio.Server, str, list[bytes]]:
+    """
+    An upstream that reads one request, writes *answer* as it is, and hangs up.
+
+    For replies aiohttp's server will not write: cut bodies, lying lengths,
+    answers that are not HTTP at all.
+    """
+    requests: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        requests.append(head + await reader.readexactly(length))
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/v1", requests
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 500\r\n\r\n{"id": "chatcmpl-x", "usage": {"prompt_',
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b'Transfer-Encoding: chunked\r\n\r\n10\r\n{"id": "chatcmpl',
+        b"",
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+    ],
+    ids=["cut-body", "cut-chunks", "hang-up", "not-http"],
+)
+async def test_an_upstream_that_breaks_the_answer_is_a_502_and_an_estimated_row(
+    aiohttp_client: Any, make_settings: Any, db_pool: asyncpg.Pool, answer: bytes
+) -> None:
+    server, base_url, requests = await start_raw_upstream(answer)
+    settings = make_settings(upstreams={"openai": {"base_url": base_url}})
+    client = await aiohttp_client(create_app(settings))
+
+    try:
+        resp = await client.post(CHAT, json=chat_body())
+        error = (await resp.json())["error"]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert len(requests) == 1
+    assert resp.status == 502
+    assert error["code"] == "upstream_error"
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["status"], row["error"]) == (502, "upstream_error")
+    # The request went out, so the upstream may have billed it.
+    assert not row["usage_complete"]
+    assert row["usage_estimated"]
+    assert row["input_tokens"] > 0
+
+
+async def test_a_compressed_answer_despite_identity_is_relayed_intact(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    """An upstream that compresses anyway: the client gets its bytes as sent."""
+    client = await gateway()
+    plain = orjson.dumps(
+        {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 9, "completion_tokens": 4}}
+    )
+    squeezed = gzip.compress(plain)
+    fake.fail_next(200, body=squeezed, headers={"Content-Encoding": "gzip"})
+
+    resp = await client.post(CHAT, json=chat_body())
+
+    assert fake.received[-1].headers["Accept-Encoding"] == "identity"
+    assert resp.headers["Content-Encoding"] == "gzip"
+    assert await resp.read() == plain
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert row["status"] == 200
+    # Either read through the compression or said to be a guess, never silent.
+    if row["usage_complete"]:
+        assert (row["input_tokens"], row["output_tokens"]) == (9, 4)
+    else:
+        assert row["usage_estimated"]
+        assert row["error"] == "no_usage"
