@@ -104,7 +104,9 @@ async function run() {
   await waitForCharts(page);
 
   const wide = await inspect(page);
-  const layouts = screenshots ? await shootLayouts(page) : { narrow: null, narrowest: null };
+  const layouts = screenshots
+    ? await shootLayouts(page)
+    : { narrow: null, narrowest: null, widest: null };
 
   emit("loaded", {
     askedForToken,
@@ -159,7 +161,7 @@ async function run() {
   await context.close();
 }
 
-/** Screenshots in both schemes from 1920 px down, and reports at 375 and 360 px. */
+/** Screenshots in both schemes from 1920 px down, and reports at 375, 360 and 1920 px. */
 async function shootLayouts(page) {
   await shoot(page, "dashboard-1280.png");
   await page.emulateMedia({ colorScheme: "dark" });
@@ -179,10 +181,11 @@ async function shootLayouts(page) {
   await page.setViewportSize({ width: 1920, height: 1080 });
   await settle(page);
   await shoot(page, "dashboard-1920.png");
+  const widest = await inspect(page);
 
   await page.setViewportSize({ width: 1280, height: 900 });
   await settle(page);
-  return { narrow, narrowest };
+  return { narrow, narrowest, widest };
 }
 
 async function answerTokenForm(page) {

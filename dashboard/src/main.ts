@@ -287,10 +287,15 @@ function cycleRow(cycle: Cycle, now: Date): HTMLTableRowElement {
     cell(formatInteger(cycle.calls), "num"),
     cell(formatTokensShort(cycle.tokens), "num"),
     cell(formatUsdFine(cycle.cost), "num"),
-    cell(cycle.tickers.join(", ") || MISSING, cycle.tickers.length ? "wide-only" : "wide-only dim"),
+    // Lists and free-text tags are clipped (whole in the tooltip): one long
+    // purpose must not push the figures out of the card.
+    cell(
+      cycle.tickers.join(", ") || MISSING,
+      cycle.tickers.length ? "wide-only clip" : "wide-only dim",
+    ),
     cell(
       cycle.purposes.join(", ") || MISSING,
-      cycle.purposes.length ? "wide-only" : "wide-only dim",
+      cycle.purposes.length ? "wide-only clip" : "wide-only dim",
     ),
   );
   return row;
@@ -309,7 +314,7 @@ function callRow(call: Call, now: Date): HTMLTableRowElement {
   row.append(
     time,
     model,
-    cell(call.purpose ?? MISSING, call.purpose === null ? "wide-only dim" : "wide-only"),
+    cell(call.purpose ?? MISSING, call.purpose === null ? "wide-only dim" : "wide-only clip"),
     cell(call.ticker ?? MISSING, call.ticker === null ? "wide-only dim" : "wide-only"),
     cell(formatTokensShort(call.tokens), "num"),
     cost,
