@@ -109,8 +109,9 @@ async def bench(args: argparse.Namespace) -> int:
         await pool.close()
     rate = rows / elapsed
     print(
-        f"recorder: {submitted:,} submitted, {rows:,} rows and {calls:,} rollup calls "
-        f"stored in {elapsed:.2f} s = {rate:,.0f} rows/s (batch {args.batch_size}, "
+        f"recorder: {submitted:,} submitted, {rows:,} rows and {int(calls):,} "
+        f"rollup calls stored in {elapsed:.2f} s = {rate:,.0f} rows/s "
+        f"(batch {args.batch_size}, "
         f"target >= {TARGET_ROWS_PER_S:,}/s: "
         f"{'met' if rate >= TARGET_ROWS_PER_S else 'not met'}); spooled {spooled}"
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -39,7 +40,8 @@ SKIPPED = frozenset(
 )
 
 
-def create_app(upstream: str) -> web.Application:
+def create_app(upstream: str, middlewares: int = 0) -> web.Application:
+    """The relay app; *middlewares* pass-through layers measure what one costs."""
     base = upstream.rstrip("/")
 
     async def relay(request: web.Request) -> web.StreamResponse:
@@ -77,7 +79,14 @@ def create_app(upstream: str) -> web.Application:
             app[SESSION] = session
             yield
 
-    app = web.Application()
+    @web.middleware
+    async def pass_through(
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        return await handler(request)
+
+    app = web.Application(middlewares=[pass_through] * middlewares)
     app.cleanup_ctx.append(session_context)
     app.router.add_route("*", "/{tail:.*}", relay)
     return app
@@ -88,8 +97,11 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18002)
     parser.add_argument("--upstream", default="http://127.0.0.1:18001")
+    parser.add_argument(
+        "--middlewares", type=int, default=0, help="pass-through middlewares to add"
+    )
     args = parser.parse_args()
-    run(create_app(args.upstream), args.host, args.port)
+    run(create_app(args.upstream, args.middlewares), args.host, args.port)
 
 
 if __name__ == "__main__":
