@@ -133,6 +133,13 @@ async def forward(request: web.Request) -> web.StreamResponse:
     except GatewayError as exc:
         app[METRICS].rejected[exc.code] += 1
         raise
+    except ConnectionResetError:
+        # The client hung up mid-upload: nothing went upstream, nothing is
+        # owed. Left to aiohttp, it would be logged as a handler error.
+        log.info(
+            "%s %s: the client left during its upload", request.method, request.path
+        )
+        return web.Response(status=CLIENT_CLOSED)
     try:
         return await relay(request, call)
     except UpstreamError as exc:
