@@ -148,8 +148,10 @@ def take_stream_usage(call: Call, scanner: StreamScanner) -> None:
     if scanner.usage is None:
         call.usage_complete = False
         call.output_estimate = scanner.chunks_seen
+        # A read that failed has named the cut already; here the stream ended
+        # cleanly, with its end marker but no usage, or without the marker.
         if call.error is None and 200 <= call.status < 300:
-            call.error = "no_usage" if scanner.finished else "upstream_reset"
+            call.error = "no_usage" if scanner.finished else "stream_incomplete"
 
 
 def build_record(

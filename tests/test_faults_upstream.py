@@ -247,11 +247,8 @@ async def test_malformed_event_stream_is_relayed_unchanged_and_flagged(
     assert not row["usage_complete"]
     assert row["input_tokens"] > 0
     # [DONE] came, so the stream ended whole, just without usage; without it
-    # the row says the stream did not finish.
-    if finished:
-        assert row["error"] == "no_usage"
-    else:
-        assert row["error"] not in (None, "no_usage")
+    # the row says the stream did not finish, though nothing was reset.
+    assert row["error"] == ("no_usage" if finished else "stream_incomplete")
 
 
 async def test_an_endless_stream_ends_at_the_timeout(
