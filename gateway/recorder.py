@@ -315,6 +315,7 @@ class Recorder:
         self._spilled_late = False
         self._retry_s = settings.retry_initial_s
         self._next_replay = 0.0
+        self._conn: asyncpg.Connection | None = None
         self.database_ok = True
 
     @property
@@ -371,6 +372,7 @@ class Recorder:
             self._closed = True
             self.spool.rotate()
             await self._sync_spool()
+            await self._release_connection()
         if self.spool.depth:
             log.warning(
                 "stopped with %d records in the spool; replayed at next start",
@@ -438,7 +440,7 @@ class Recorder:
     async def _write(self, batch: list[UsageRecord]) -> None:
         """Write *batch*; a record the database refuses is set aside, not retried."""
         try:
-            await write_batch(self.pool, batch)
+            await self._execute(batch)
         except REFUSED as exc:
             self.metrics.write_errors += 1
             if len(batch) == 1:
@@ -456,6 +458,42 @@ class Recorder:
             await self._write(batch[middle:])
             return
         self.metrics.rows_written += len(batch)
+
+    async def _execute(self, batch: list[UsageRecord]) -> None:
+        """
+        Run the batch statement on the writer's own connection.
+
+        Holding one connection spares each batch the pool's acquire and the
+        reset statement its release sends: a round trip per batch.
+        """
+        if not self._has_connection():
+            self._conn = await self.pool.acquire()
+        try:
+            await write_batch(self._conn, batch)
+        except REFUSED:
+            raise  # the connection is fine; the batch is not
+        except BaseException:
+            await self._release_connection()
+            raise
+
+    def _has_connection(self) -> bool:
+        if self._conn is None:
+            return False
+        try:
+            if not self._conn.is_closed():
+                return True
+        # The pool takes back a connection it saw break; the proxy says so.
+        except asyncpg.InterfaceError:
+            pass
+        self._conn = None
+        return False
+
+    async def _release_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # A broken connection is terminated by the pool; nothing to add.
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn)
 
     def _mark_down(self, exc: BaseException) -> None:
         self.metrics.write_errors += 1

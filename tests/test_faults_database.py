@@ -143,7 +143,12 @@ async def test_the_gateway_starts_and_spools_while_the_database_is_away(
     degraded = await client.get("/readyz")
     await asyncio.to_thread(pg.start)
     await wait_until(lambda: recorder.spool_depth == 0, "the spool to be replayed")
-    ready = await client.get("/readyz")
+    # The schema is finished just after the first rows land; ready follows.
+    for _ in range(100):
+        ready = await client.get("/readyz")
+        if ready.status == 200:
+            break
+        await asyncio.sleep(0.1)
 
     assert degraded.status == 503
     assert (await degraded.json())["database"] == "unreachable"
