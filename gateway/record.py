@@ -8,7 +8,7 @@ so a replayed record is the record that was built, to the last digit.
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,7 +18,8 @@ import orjson
 
 
 def new_request_id() -> str:
-    return f"tg-{uuid.uuid4().hex}"
+    # 128 random bits, as a uuid4 has, without building a UUID object per call.
+    return f"tg-{os.urandom(16).hex()}"
 
 
 @dataclass(slots=True)
