@@ -22,6 +22,9 @@ from pathlib import Path
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 PYTHON = sys.executable
+# Children run from the checkout, so ``-m benchmarks.x`` and ``-m gateway``
+# find this tree whatever the caller's working directory.
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -86,6 +89,7 @@ def start_child(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=dict(env) if env is not None else None,
+            cwd=REPO,
         )
     child = Child(name, process, port, log_path)
     try:

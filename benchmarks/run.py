@@ -29,6 +29,10 @@ from pathlib import Path
 
 import orjson
 
+if __package__ in (None, ""):
+    # Run as ``python benchmarks/run.py``: make the checkout importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from benchmarks import benchdb, machine, procs
 from benchmarks.load import LoadResult, run_wrk, write_script
 
