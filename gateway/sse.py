@@ -10,6 +10,16 @@ a ``"usage"`` key followed by an object (chat and legacy completions), or a
 final ``response.*`` event (the Responses API). A stream of a few hundred chunks
 is therefore parsed once or twice.
 
+Most reads need less even than that. Once the model is known, a read with LF
+line ends only is looked at whole: the events before its first ``[DONE]`` or
+usage token are plain chunks, so they are counted (blank lines and data lines,
+with ``bytes.count``) instead of split and scanned one by one; a read of one
+chunk on one ``data: {`` line needs the usage search alone. This reads the same
+as scanning every event because no token holds a line end (each lies within
+one event), blank lines are counted the way ``_event_ends`` pairs them (a
+stretch ending inside a longer run of line ends is left to it), and a read
+with a CR, an event over the cap or an unknown model takes the full path.
+
 Where usage sits:
 
 - chat and legacy completions: the last chunk with a non-null ``usage``. OpenAI
@@ -47,6 +57,9 @@ _FINAL_TOKENS = tuple(f'"{name}"'.encode() for name in sorted(_FINAL_TYPES))
 # What include_usage adds to every chunk but the last. Inside a JSON string a
 # quote is escaped, so an unescaped match is always a real key.
 _NULL_USAGE = b',"usage":null'
+_USAGE_KEY = b'"usage"'
+_MODEL_KEY = b'"model"'
+_DONE = b"[DONE]"
 # Bytes that may sit between a JSON key and its value.
 _KEY_GAP = b" \t:"
 _LINE_ENDS = b"\r\n"
@@ -108,7 +121,8 @@ class StreamScanner:
         is_holding = self.hide_usage_chunk and not self._oversized
         try:
             out = self._feed(data)
-            if self.hide_usage_chunk and _NULL_USAGE in out:
+            if self.hide_usage_chunk:
+                # Returns *out* itself when there is nothing to cut.
                 out = out.replace(_NULL_USAGE, b"")
             return out
         # A bug here must cost the call its usage, not its response: relay
@@ -154,8 +168,11 @@ class StreamScanner:
         relayed_to = len(buf) - len(data) if self._oversized else 0
         kept: list[bytes | bytearray] = []
         pos = 0
-
-        for end in _event_ends(buf, start):
+        if not self._oversized and buf.find(b"\r", start) == -1:
+            pos = self._skip_plain_events(buf, start)
+            if pos == len(buf) and buf is data:
+                return data  # whole plain events: nothing to hold or drop
+        for end in _event_ends(buf, max(start, pos)):
             if self._oversized:
                 self._oversized = False
             elif self._scan(buf, pos, end) and self.hide_usage_chunk:
@@ -187,13 +204,52 @@ class StreamScanner:
 
         return out
 
+    def _skip_plain_events(self, buf: bytes | bytearray, start: int) -> int:
+        """
+        Count the plain whole events *buf* opens with; return where they end.
+        LF line ends only; blank lines are searched from *start*.
+
+        A plain event has no ``[DONE]`` and no usage (a ``"usage"`` object,
+        or a final ``response.*`` type): once the model is known, all
+        ``_scan`` would do with it is count it. No token holds a line end, so
+        each lies within one event, and the events before the first token
+        found are plain.
+        """
+        if self.model is None:
+            return 0
+        stop = buf.rfind(b"\n\n", start) + 2
+        if stop == 1:
+            return 0
+        if self.responses_api:
+            tokens: tuple[bytes, ...] = (_DONE, *_FINAL_TOKENS)
+        elif buf.find(b"\n") == stop - 2 and buf.startswith(b"data: {"):
+            # The usual read: one chunk on one line. Any [DONE] in it lies
+            # inside the JSON, not alone on a data line, so only usage counts.
+            if _find_usage_object(buf, 0, stop) != -1:
+                return 0
+            self.chunks_seen += 1
+            return stop
+        else:
+            tokens = (_DONE,)
+        for token in tokens:
+            found = buf.find(token, 0, stop)
+            if found != -1:
+                stop = found
+        if not self.responses_api:
+            found = _find_usage_object(buf, 0, stop)
+            if found != -1:
+                stop = found
+        last = buf.rfind(b"\n\n", start, stop)
+        # A blank line inside a longer run of line ends could pair differently
+        # from how _event_ends pairs them: leave that to it.
+        if last == -1 or (last > 0 and buf[last - 1] == _LF):
+            return 0
+        self.chunks_seen += _count_data_events(buf, start, last + 2)
+        return last + 2
+
     def _scan(self, buf: bytes | bytearray, start: int, end: int) -> bool:
         """Read one whole event; return True if it is a usage chunk to hide."""
-        if (
-            not buf.startswith(b"data", start, end)
-            and buf.find(b"\ndata", start, end) == -1
-            and buf.find(b"\rdata", start, end) == -1
-        ):
+        if not _is_data_event(buf, start, end):
             return False  # a comment, keep-alive or event-name-only block
         done = buf.find(b"[DONE]", start, end)
         if done != -1 and _is_done_line(buf, start, done, end):
@@ -201,7 +257,7 @@ class StreamScanner:
             return False
         self.chunks_seen += 1
         if self.model is None:
-            self.model = _string_after_key(buf, b'"model"', start, end)
+            self.model = _string_after_key(buf, _MODEL_KEY, start, end)
 
         if self.responses_api:
             if not any(buf.find(token, start, end) != -1 for token in _FINAL_TOKENS):
@@ -293,17 +349,56 @@ def _is_done_line(buf: bytes | bytearray, start: int, at: int, end: int) -> bool
     return head == start or buf[head - 1] in _LINE_ENDS
 
 
-def _has_usage_object(buf: bytes | bytearray, start: int, end: int) -> bool:
+def _is_data_event(buf: bytes | bytearray, start: int, end: int) -> bool:
+    """Whether the event ``buf[start:end]`` has a data line."""
+    return (
+        buf.startswith(b"data", start, end)
+        or buf.find(b"\ndata", start, end) != -1
+        or buf.find(b"\rdata", start, end) != -1
+    )
+
+
+def _count_data_events(buf: bytes | bytearray, first: int, end: int) -> int:
+    """
+    Count the events of ``buf[:end]`` that have a data line: whole events, LF
+    line ends, the last not in a longer run of them; blank lines are searched
+    from *first*.
+    """
+    events = buf.count(b"\n\n", first, end)
+    if events == 1:
+        return _is_data_event(buf, 0, end)
+    # The usual case: every event opens with its data line.
+    if buf.startswith(b"data") + buf.count(b"\n\ndata", first, end) == events:
+        return events
+    count = start = 0
+    blank = buf.find(b"\n\n", first)
+    while start < end:
+        count += _is_data_event(buf, start, blank + 2)
+        start = blank + 2
+        blank = buf.find(b"\n\n", start)
+    return count
+
+
+def _find_usage_object(buf: bytes | bytearray, start: int, end: int) -> int:
+    """Return where the first ``"usage"`` key with an object value is, or -1."""
     # Inside a JSON string every quote is escaped, so a match is a real key.
-    i = buf.find(b'"usage"', start, end)
+    i = buf.find(_USAGE_KEY, start, end)
     while i != -1:
         j = i + 7
+        # What include_usage puts on every chunk but the last, passed quickly.
+        if buf.startswith(b":null", j, end):
+            i = buf.find(_USAGE_KEY, j + 5, end)
+            continue
         while j < end and buf[j] in _KEY_GAP:
             j += 1
         if j < end and buf[j] == _BRACE:
-            return True
-        i = buf.find(b'"usage"', j, end)
-    return False
+            return i
+        i = buf.find(_USAGE_KEY, j, end)
+    return -1
+
+
+def _has_usage_object(buf: bytes | bytearray, start: int, end: int) -> bool:
+    return _find_usage_object(buf, start, end) != -1
 
 
 def _string_after_key(

@@ -458,3 +458,124 @@ def test_without_hiding_every_read_is_returned_as_it_came(cuts: list[int]) -> No
 
     assert all(out is read for out, read in zip(relayed, reads, strict=True))
     assert scanner.usage == STREAMS["openai_chat_stream_usage_2.sse"][0]
+
+
+class FullPathScanner(StreamScanner):
+    """The scanner with the plain-event shortcut off: every event is scanned."""
+
+    __slots__ = ()
+
+    def _skip_plain_events(self, buf, start: int) -> int:
+        return 0
+
+
+def relay_each(scanner: StreamScanner, reads: list[bytes]) -> list[bytes]:
+    return [scanner.feed(read) for read in reads] + [scanner.close()]
+
+
+def assert_same_reading(reads: list[bytes], *, responses_api: bool, hide: bool):
+    fast = StreamScanner(responses_api=responses_api, hide_usage_chunk=hide)
+    full = FullPathScanner(responses_api=responses_api, hide_usage_chunk=hide)
+
+    fast_out = relay_each(fast, reads)
+    full_out = relay_each(full, reads)
+
+    assert fast_out == full_out
+    if not fast.hide_usage_chunk:
+        assert all(out is read for out, read in zip(fast_out, reads, strict=False))
+    assert fast.usage == full.usage
+    assert fast.model == full.model
+    assert fast.finished == full.finished
+    assert fast.chunks_seen == full.chunks_seen
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    name=st.sampled_from(sorted(STREAMS)),
+    hide=st.booleans(),
+    one_read_per_event=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=80_000), max_size=40),
+)
+def test_the_plain_event_shortcut_reads_recorded_streams_as_the_full_path_does(
+    name: str, hide: bool, one_read_per_event: bool, cuts: list[int]
+) -> None:
+    body = recorded(name)
+    if one_read_per_event:
+        reads = [event + b"\n\n" for event in body.split(b"\n\n") if event]
+    else:
+        reads = split_at(body, cuts)
+
+    assert_same_reading(reads, responses_api="responses" in name, hide=hide)
+
+
+# Events that are plain, and ones near enough to plain to trip a shortcut.
+event_lines = st.sampled_from(
+    [
+        b'data: {"model":"m-1","choices":[{"delta":{"content":"a"}}]}',
+        b'data: {"model":"m-2","choices":[{"delta":{}}],"usage":null}',
+        b'data: {"choices":[{"delta":{"content":"[DONE]"}}],"usage":null}',
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}',
+        b'data: {"choices":[{"delta":{}}],"usage": {"prompt_tokens":2}}',
+        b'data: {"choices":[],"usage" :\t{"prompt_tokens":4}}',
+        b'data: {"choices":[],"usage"usage":{"prompt_tokens":5}}',
+        b'data: {"usage":nullx,"model":null}',
+        b'data: {"model":"esc\\"aped"}',
+        b'data:{"choices":[{"delta":{"content":"b"}}]}',
+        b"data: [DONE]",
+        b"data:[DONE]",
+        b"data: [DONE] ",
+        b"data: x\ndata: [DONE]",
+        b'data: {"choices":\ndata: [{"delta":{}}],"usage":null}',
+        b"event: response.output_text.delta",
+        b'event: x\ndata: {"type":"response.output_text.delta","delta":"c"}',
+        b'event: x\ndata: {"type":"response.completed","response":'
+        b'{"model":"r-1","usage":{"input_tokens":2,"output_tokens":1}}}',
+        b'data: {"type":"response.failed","response":{"usage":{"input_tokens":1}}}',
+        b": keep-alive",
+        b"",
+        b"\n",
+        b"datum: 1",
+        b"id: 7\ndata: {}",
+    ]
+)
+synthetic_streams = st.lists(event_lines, max_size=30).map(
+    lambda events: b"".join(event + b"\n\n" for event in events)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    body=synthetic_streams | garbage,
+    cuts=st.lists(st.integers(min_value=0, max_value=3_000), max_size=12),
+    hide=st.booleans(),
+    responses_api=st.booleans(),
+    model_first=st.booleans(),
+)
+def test_the_plain_event_shortcut_reads_any_stream_as_the_full_path_does(
+    body: bytes, cuts: list[int], hide: bool, responses_api: bool, model_first: bool
+) -> None:
+    # The shortcut starts once the model is known: name it in a read of its own.
+    first = [b'data: {"model":"m-0"}\n\n'] if model_first else []
+
+    reads = first + split_at(body, cuts)
+
+    assert_same_reading(reads, responses_api=responses_api, hide=hide)
+
+
+def test_plain_events_are_counted_without_being_scanned(monkeypatch) -> None:
+    scanned = []
+    real_scan = StreamScanner._scan
+
+    def counting_scan(self, buf, start, end):
+        scanned.append(bytes(buf[start:end]))
+        return real_scan(self, buf, start, end)
+
+    monkeypatch.setattr(StreamScanner, "_scan", counting_scan)
+    body = recorded("openai_chat_stream_usage_3.sse")
+    scanner = StreamScanner(hide_usage_chunk=True)
+
+    relay(scanner, [event + b"\n\n" for event in body.split(b"\n\n") if event])
+
+    # The first chunk (it names the model), the usage chunk and [DONE].
+    assert len(scanned) == 3
+    assert scanner.chunks_seen == STREAMS["openai_chat_stream_usage_3.sse"][2]
