@@ -3,13 +3,13 @@ Statistics at 10 thousand and at 10 million stored calls: the rollup keeps them 
 
 Creates a fresh database, loads ``--small`` rows into ``llm_usage`` with COPY
 (spread over the last ``--days`` days, every model, purpose and ticker
-combination on every day) and the matching ``llm_usage_daily`` rollup,
-starts tallygate on it and times
+combination on every day), which the table's triggers roll up into
+``llm_usage_daily`` and ``llm_usage_daily_ticker`` as COPY goes (they fire
+for COPY as for an INSERT), starts tallygate on it and times
 ``GET /api/token-usage?period=month`` and ``/api/token-usage/history?days=30``;
 then tops the table up to ``--rows`` rows the same way and times them again.
 Prints both medians and their ratio (target: under 1.5×) and how long the
-load took. The ticker rollup is kept by the table's own trigger, which COPY
-fires as an INSERT would.
+load took.
 
     python -m benchmarks.stats_scale                 # 10 k, then 10 M rows
     python -m benchmarks.stats_scale --rows 1000000  # a smaller second size
@@ -52,35 +52,6 @@ ENDPOINTS = {
     "month": "/api/token-usage?period=month",
     "history": "/api/token-usage/history?days=30",
 }
-# The rows one COPY batch stored, added to the rollup (they are all new).
-ROLL_UP = """
-INSERT INTO llm_usage_daily AS d (day, model, purpose, calls, errors,
-    input_tokens, cached_input_tokens, output_tokens, reasoning_tokens,
-    total_tokens, input_cost_usd, output_cost_usd, cost_usd,
-    latency_ms_sum, latency_count)
-SELECT ("timestamp" AT TIME ZONE 'UTC')::date, model, coalesce(purpose, ''),
-    count(*), count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL),
-    sum(input_tokens), sum(cached_input_tokens), sum(output_tokens),
-    sum(reasoning_tokens), sum(total_tokens),
-    coalesce(sum(input_cost_usd), 0), coalesce(sum(output_cost_usd), 0),
-    coalesce(sum(total_cost_usd), 0), sum(response_time_ms), count(*)
-FROM llm_usage
-WHERE request_id BETWEEN $1 AND $2
-GROUP BY 1, 2, 3
-ON CONFLICT (day, model, purpose) DO UPDATE SET
-    calls = d.calls + excluded.calls,
-    errors = d.errors + excluded.errors,
-    input_tokens = d.input_tokens + excluded.input_tokens,
-    cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
-    output_tokens = d.output_tokens + excluded.output_tokens,
-    reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,
-    total_tokens = d.total_tokens + excluded.total_tokens,
-    input_cost_usd = d.input_cost_usd + excluded.input_cost_usd,
-    output_cost_usd = d.output_cost_usd + excluded.output_cost_usd,
-    cost_usd = d.cost_usd + excluded.cost_usd,
-    latency_ms_sum = d.latency_ms_sum + excluded.latency_ms_sum,
-    latency_count = d.latency_count + excluded.latency_count
-"""
 
 
 def generate_rows(
@@ -127,17 +98,12 @@ async def load_rows(url: str, phase: int, count: int, days: int) -> float:
         await db.ensure_partitions(conn, start, months_ahead=days // 28 + 3)
         for first in range(0, count, COPY_BATCH_ROWS):
             size = min(COPY_BATCH_ROWS, count - first)
-            async with conn.transaction():
-                await conn.copy_records_to_table(
-                    "llm_usage",
-                    records=generate_rows(phase, first, size, start, step),
-                    columns=COLUMNS,
-                )
-                await conn.execute(
-                    ROLL_UP,
-                    f"tg-bench-{phase}-{first:010d}",
-                    f"tg-bench-{phase}-{first + size - 1:010d}",
-                )
+            # The table's triggers roll each COPY up as they would an INSERT.
+            await conn.copy_records_to_table(
+                "llm_usage",
+                records=generate_rows(phase, first, size, start, step),
+                columns=COLUMNS,
+            )
             if count > COPY_BATCH_ROWS:
                 done = first + size
                 rate = done / (time.perf_counter() - began)

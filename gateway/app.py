@@ -134,6 +134,7 @@ def storage_context(
             settings.recorder,
             settings.database.data_dir / "spool",
             app[METRICS],
+            schema_ready=opened.ready,
         )
         recorder.observers.append(app[METRICS].count_call)
         gauges(app[METRICS], recorder)

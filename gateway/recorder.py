@@ -3,17 +3,18 @@ The recorder: usage records to PostgreSQL in batches, never in the way.
 
 ``submit`` appends to an in-memory queue and returns. One writer task takes a
 batch every ``flush_interval_ms`` (sooner when ``batch_size`` records wait)
-and stores it in one statement that inserts the rows, skips those already
-stored, and adds the new ones to the daily rollup.
+and stores it in one statement that inserts the rows and skips those already
+stored; the table's triggers add the new ones to the daily rollups.
 
 When a write fails because the database is away (anything but a record the
 database refuses), the batch goes to the spool: numbered JSON-lines segments
 in the data directory, replayed oldest first, one segment per pass, with
-backoff until the database answers. While it is away, new batches go straight
-to the spool. Past ``max_queue`` waiting records, ``submit`` itself appends to
-the spool (a ``write(2)`` into the page cache, synced by the writer), so the
-records in memory never exceed ``max_queue`` plus the batch being written,
-however long an outage or a stalled write lasts.
+backoff until the database answers. While it is away, and until its schema
+is migrated (``schema_ready``), new batches go straight to the spool. Past
+``max_queue`` waiting records, ``submit`` itself appends to the spool (a
+``write(2)`` into the page cache, synced by the writer), so the records in
+memory never exceed ``max_queue`` plus the batch being written, however long
+an outage or a stalled write lasts.
 
 What a SIGKILL can lose is what is in memory: the records of the current
 flush interval and the batch in flight. Spooled records survive it (the page
@@ -70,52 +71,16 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 NAMES = [name for name, _ in COLUMNS]
 QUOTED = ", ".join(f'"{name}"' for name in NAMES)
 
-# One statement, one round trip: insert what is new, roll up only that. The
-# batch travels as one JSON text that the server unpacks: encoding it with
-# orjson costs the gateway a fraction of binding 25 typed arrays.
+# One statement, one round trip: insert what is new; the table's triggers
+# (sql/003, sql/004) add those rows, and only those, to the rollups within the
+# same statement. The batch travels as one JSON text that the server unpacks:
+# encoding it with orjson costs the gateway a fraction of binding 25 typed
+# arrays.
 BATCH_COLUMNS = ", ".join(f'"{name}" {type_}' for name, type_ in COLUMNS)
 INSERT_BATCH = f"""
-WITH batch AS (
-    SELECT * FROM json_to_recordset($1::text::json) AS b({BATCH_COLUMNS})
-), inserted AS (
-    INSERT INTO llm_usage ({QUOTED})
-    SELECT {QUOTED} FROM batch
-    ON CONFLICT (request_id, "timestamp") DO NOTHING
-    RETURNING "timestamp", model, purpose, status, error, input_tokens,
-        cached_input_tokens, output_tokens, reasoning_tokens, total_tokens,
-        input_cost_usd, output_cost_usd, total_cost_usd, response_time_ms
-), rolled AS (
-    INSERT INTO llm_usage_daily AS d (day, model, purpose, calls, errors,
-        input_tokens, cached_input_tokens, output_tokens, reasoning_tokens,
-        total_tokens, input_cost_usd, output_cost_usd, cost_usd,
-        latency_ms_sum, latency_count)
-    SELECT ("timestamp" AT TIME ZONE 'UTC')::date, model, coalesce(purpose, ''),
-        count(*), count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL),
-        sum(input_tokens), sum(cached_input_tokens), sum(output_tokens),
-        sum(reasoning_tokens), sum(total_tokens),
-        coalesce(sum(input_cost_usd), 0), coalesce(sum(output_cost_usd), 0),
-        coalesce(sum(total_cost_usd), 0),
-        sum(response_time_ms), count(*)
-    FROM inserted
-    GROUP BY 1, 2, 3
-    -- A fixed order keeps two replicas from deadlocking on the same rows.
-    ORDER BY 1, 2, 3
-    ON CONFLICT (day, model, purpose) DO UPDATE SET
-        calls = d.calls + excluded.calls,
-        errors = d.errors + excluded.errors,
-        input_tokens = d.input_tokens + excluded.input_tokens,
-        cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
-        output_tokens = d.output_tokens + excluded.output_tokens,
-        reasoning_tokens = d.reasoning_tokens + excluded.reasoning_tokens,
-        total_tokens = d.total_tokens + excluded.total_tokens,
-        input_cost_usd = d.input_cost_usd + excluded.input_cost_usd,
-        output_cost_usd = d.output_cost_usd + excluded.output_cost_usd,
-        cost_usd = d.cost_usd + excluded.cost_usd,
-        latency_ms_sum = d.latency_ms_sum + excluded.latency_ms_sum,
-        latency_count = d.latency_count + excluded.latency_count
-    RETURNING 1
-)
-SELECT count(*) FROM inserted
+INSERT INTO llm_usage ({QUOTED})
+SELECT {QUOTED} FROM json_to_recordset($1::text::json) AS b({BATCH_COLUMNS})
+ON CONFLICT (request_id, "timestamp") DO NOTHING
 """
 
 # Errors that mean "this batch holds a record the database will never take"
@@ -142,8 +107,10 @@ def batch_arguments(records: list[UsageRecord]) -> list[str]:
 async def write_batch(
     conn: asyncpg.Connection | asyncpg.Pool, records: list[UsageRecord]
 ) -> int:
-    """Store *records* and their rollup; return how many were new."""
-    return await conn.fetchval(INSERT_BATCH, *batch_arguments(records))
+    """Store *records*; return how many were new (their rollup follows by trigger)."""
+    # The command tag, "INSERT 0 <rows>", counts exactly the rows stored.
+    status = await conn.execute(INSERT_BATCH, *batch_arguments(records))
+    return int(status.rsplit(" ", 1)[1])
 
 
 def encode_lines(records: list[UsageRecord]) -> bytes:
@@ -297,8 +264,13 @@ class Recorder:
         settings: RecorderSettings,
         spool_dir: Path,
         metrics: Metrics | None = None,
+        schema_ready: asyncio.Event | None = None,
     ) -> None:
         self.pool = pool
+        # Set once the migrations are applied. Before that an insert can
+        # succeed on a table whose rollup trigger does not exist yet, and
+        # the rollup would miss it: so until then batches go to the spool.
+        self.schema_ready = schema_ready
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.spool = Spool(spool_dir)
@@ -401,11 +373,17 @@ class Recorder:
                 # The loop must outlive any bug in one pass: records wait.
                 log.exception("recorder pass failed")
 
+    def _schema_is_ready(self) -> bool:
+        return self.schema_ready is None or self.schema_ready.is_set()
+
     async def _pass(self) -> None:
         await self._drain()
         loop = asyncio.get_running_loop()
-        if (self.spool.depth or not self.database_ok) and (
-            loop.time() >= self._next_replay and not self._stopping
+        if (
+            (self.spool.depth or not self.database_ok)
+            and self._schema_is_ready()
+            and loop.time() >= self._next_replay
+            and not self._stopping
         ):
             await self._replay_one()
         await self._sync_spool()
@@ -417,7 +395,7 @@ class Recorder:
         while self._queue:
             batch = self._queue[: self.settings.batch_size]
             del self._queue[: len(batch)]
-            if not self.database_ok:
+            if not self.database_ok or not self._schema_is_ready():
                 self._spill(batch)
                 continue
             self._in_flight = batch

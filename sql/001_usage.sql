@@ -58,7 +58,8 @@ CREATE INDEX IF NOT EXISTS llm_usage_ticker_idx
 CREATE INDEX IF NOT EXISTS llm_usage_cycle_idx
     ON llm_usage (cycle_id, "timestamp") WHERE cycle_id IS NOT NULL;
 
--- The daily rollup, kept in the same statement as the rows it counts.
+-- The daily rollup, kept in the same statement as the rows it counts (by the
+-- insert trigger of 004_daily_rollup_trigger.sql).
 -- purpose is '' for calls without one (a primary key column cannot be NULL).
 CREATE TABLE IF NOT EXISTS llm_usage_daily (
     day                 date    NOT NULL,

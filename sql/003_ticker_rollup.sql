@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS llm_usage_daily_ticker (
 
 -- A statement-level trigger sees exactly the rows an INSERT stored (rows an
 -- ON CONFLICT skipped are not in new_rows), once per batch, in the batch's
--- transaction: the same guarantees as the rollup the recorder writes itself.
+-- transaction. 004_daily_rollup_trigger.sql keeps llm_usage_daily this way too.
 CREATE OR REPLACE FUNCTION llm_usage_roll_up_tickers() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

@@ -49,18 +49,84 @@ async def test_retention_drops_old_months_only(db_pool: asyncpg.Pool) -> None:
                 datetime.fromisoformat(ts).replace(tzinfo=UTC),
                 ts,
             )
-        await conn.execute(
-            "INSERT INTO llm_usage_daily (day, model, purpose) VALUES ($1, 'm', '')",
-            date(2030, 2, 3),
-        )
+        # The insert trigger rolled each row up into a day of its own.
 
         dropped = await db.apply_retention(conn, now, months=2)
         kept = await conn.fetch("SELECT request_id FROM llm_usage ORDER BY 1")
-        rollup = await conn.fetchval("SELECT count(*) FROM llm_usage_daily")
+        days = await conn.fetch("SELECT day FROM llm_usage_daily ORDER BY 1")
 
     assert "llm_usage_y2030m02" in dropped
     assert [r["request_id"] for r in kept] == ["2030-04-30", "2030-05-01"]
-    assert rollup == 0
+    assert [r["day"] for r in days] == [date(2030, 4, 30), date(2030, 5, 1)]
+
+
+async def test_copy_is_rolled_up_like_an_insert(db_pool: asyncpg.Pool) -> None:
+    day = datetime(2030, 7, 14, 23, 30, tzinfo=UTC)
+    rows = [
+        (f"copy-{n}", day, "m", "research" if n % 2 else None, "T", 10, 200)
+        for n in range(6)
+    ]
+    async with db_pool.acquire() as conn:
+        await db.ensure_partitions(conn, day, 0)
+
+        await conn.copy_records_to_table(
+            "llm_usage",
+            records=rows,
+            columns=(
+                "request_id",
+                "timestamp",
+                "model",
+                "purpose",
+                "ticker",
+                "total_tokens",
+                "status",
+            ),
+        )
+        daily = await conn.fetch(
+            "SELECT day, purpose, calls, total_tokens FROM llm_usage_daily"
+            " ORDER BY purpose"
+        )
+        tickers = await conn.fetchval(
+            "SELECT sum(calls) FROM llm_usage_daily_ticker WHERE ticker = 'T'"
+        )
+
+    assert [tuple(r) for r in daily] == [
+        (date(2030, 7, 14), "", 3, 30),
+        (date(2030, 7, 14), "research", 3, 30),
+    ]
+    assert tickers == 6
+
+
+# The shape of the previous version's batch statement: rows and rollup at once.
+SELF_ROLLED_INSERT = """
+WITH inserted AS (
+    INSERT INTO llm_usage ("timestamp", model, request_id) VALUES ($1, 'm', $2)
+    RETURNING "timestamp", model, purpose
+)
+INSERT INTO llm_usage_daily AS d (day, model, purpose, calls)
+SELECT ("timestamp" AT TIME ZONE 'UTC')::date, model, coalesce(purpose, ''), count(*)
+FROM inserted GROUP BY 1, 2, 3
+ON CONFLICT (day, model, purpose) DO UPDATE SET calls = d.calls + excluded.calls
+"""
+
+
+async def test_a_statement_that_rolls_up_itself_is_counted_once(
+    db_pool: asyncpg.Pool,
+) -> None:
+    at = datetime(2030, 8, 1, 9, tzinfo=UTC)
+    async with db_pool.acquire() as conn:
+        await db.ensure_partitions(conn, at, 0)
+
+        await conn.execute(SELF_ROLLED_INSERT, at, "old-replica")
+        after_old = await conn.fetchval("SELECT sum(calls) FROM llm_usage_daily")
+        await conn.execute(
+            'INSERT INTO llm_usage ("timestamp", model, request_id)'
+            " VALUES ($1, 'm', 'new-replica')",
+            at,
+        )
+        after_new = await conn.fetchval("SELECT sum(calls) FROM llm_usage_daily")
+
+    assert (after_old, after_new) == (1, 2)
 
 
 async def test_claim_once_has_one_winner(db_pool: asyncpg.Pool) -> None:

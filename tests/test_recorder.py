@@ -195,6 +195,29 @@ async def test_a_clean_close_spools_everything_when_the_database_is_away(
     assert spooled_ids(tmp_path) == {r.request_id for r in records}
 
 
+async def test_records_wait_in_the_spool_until_the_schema_is_ready(
+    db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    ready = asyncio.Event()
+    recorder = Recorder(db_pool, fast_retries(), tmp_path, schema_ready=ready)
+    await recorder.start()
+    records = [make_record(i) for i in range(300)]
+    for record in records:
+        recorder.submit(record)
+    await recorder.flush()
+    stored_before = await db_pool.fetchval("SELECT count(*) FROM llm_usage")
+    spooled_before = recorder.spool_depth
+
+    ready.set()
+    recorder.wake()
+    await wait_until(lambda: recorder.spool_depth == 0, "the spool to replay")
+    await recorder.close()
+
+    assert (stored_before, spooled_before) == (0, 300)
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 300
+    await assert_rollup_matches_rows(db_pool)
+
+
 async def test_a_record_submitted_after_close_is_spooled_not_lost(
     db_pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
