@@ -4,8 +4,8 @@
 -- migration the recorder's batch statement upserted it itself.
 
 -- Writers wait until this commits, so that no batch falls between the
--- switch: each is counted by the trigger, or by the previous version's batch
--- statement (see below), never by both or neither.
+-- switch: each is counted by the trigger or by the earlier batch statement,
+-- never by both or neither.
 LOCK TABLE llm_usage IN SHARE MODE;
 
 -- Sees exactly the rows an INSERT or COPY stored (rows an ON CONFLICT
@@ -13,13 +13,6 @@ LOCK TABLE llm_usage IN SHARE MODE;
 CREATE OR REPLACE FUNCTION llm_usage_roll_up_days() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    -- During a rolling upgrade, replicas of the previous version still add
-    -- their batches to this rollup in the batch statement itself, which names
-    -- the table: those batches are counted once, by that statement. Drop this
-    -- test in a later migration, once no such replica can be running.
-    IF current_query() ~* '\minsert\s+into\s+llm_usage_daily\M' THEN
-        RETURN NULL;
-    END IF;
     INSERT INTO llm_usage_daily AS d (day, model, purpose, calls, errors,
         input_tokens, cached_input_tokens, output_tokens, reasoning_tokens,
         total_tokens, input_cost_usd, output_cost_usd, cost_usd,

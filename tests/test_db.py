@@ -97,38 +97,6 @@ async def test_copy_is_rolled_up_like_an_insert(db_pool: asyncpg.Pool) -> None:
     assert tickers == 6
 
 
-# The shape of the previous version's batch statement: rows and rollup at once.
-SELF_ROLLED_INSERT = """
-WITH inserted AS (
-    INSERT INTO llm_usage ("timestamp", model, request_id) VALUES ($1, 'm', $2)
-    RETURNING "timestamp", model, purpose
-)
-INSERT INTO llm_usage_daily AS d (day, model, purpose, calls)
-SELECT ("timestamp" AT TIME ZONE 'UTC')::date, model, coalesce(purpose, ''), count(*)
-FROM inserted GROUP BY 1, 2, 3
-ON CONFLICT (day, model, purpose) DO UPDATE SET calls = d.calls + excluded.calls
-"""
-
-
-async def test_a_statement_that_rolls_up_itself_is_counted_once(
-    db_pool: asyncpg.Pool,
-) -> None:
-    at = datetime(2030, 8, 1, 9, tzinfo=UTC)
-    async with db_pool.acquire() as conn:
-        await db.ensure_partitions(conn, at, 0)
-
-        await conn.execute(SELF_ROLLED_INSERT, at, "old-replica")
-        after_old = await conn.fetchval("SELECT sum(calls) FROM llm_usage_daily")
-        await conn.execute(
-            'INSERT INTO llm_usage ("timestamp", model, request_id)'
-            " VALUES ($1, 'm', 'new-replica')",
-            at,
-        )
-        after_new = await conn.fetchval("SELECT sum(calls) FROM llm_usage_daily")
-
-    assert (after_old, after_new) == (1, 2)
-
-
 async def test_claim_once_has_one_winner(db_pool: asyncpg.Pool) -> None:
     first = await db.claim_once(db_pool, "alert", "day:2030-01-01:0.8", "a")
     second = await db.claim_once(db_pool, "alert", "day:2030-01-01:0.8", "b")
