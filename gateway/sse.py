@@ -169,8 +169,17 @@ class StreamScanner:
         kept: list[bytes | bytearray] = []
         pos = 0
         if not self._oversized and buf.find(b"\r", start) == -1:
-            pos = self._skip_plain_events(buf, start)
-            if pos == len(buf) and buf is data:
+            if self.model is None:
+                # Every event is read until one names the model.
+                for end in _event_ends(buf, start):
+                    if self._scan(buf, pos, end) and self.hide_usage_chunk:
+                        kept.append(buf[relayed_to:pos])
+                        relayed_to = end
+                    pos = end
+                    if self.model is not None:
+                        break
+            pos = self._skip_plain_events(buf, pos, start)
+            if pos == len(buf) and buf is data and not kept:
                 return data  # whole plain events: nothing to hold or drop
         for end in _event_ends(buf, max(start, pos)):
             if self._oversized:
@@ -204,10 +213,11 @@ class StreamScanner:
 
         return out
 
-    def _skip_plain_events(self, buf: bytes | bytearray, start: int) -> int:
+    def _skip_plain_events(self, buf: bytes | bytearray, pos: int, start: int) -> int:
         """
-        Count the plain whole events *buf* opens with; return where they end.
-        LF line ends only; blank lines are searched from *start*.
+        Count the plain whole events from *pos* (an event's start) on; return
+        where they end. LF line ends only; blank lines are searched from
+        *start* at the earliest.
 
         A plain event has no ``[DONE]`` and no usage (a ``"usage"`` object,
         or a final ``response.*`` type): once the model is known, all
@@ -216,35 +226,36 @@ class StreamScanner:
         found are plain.
         """
         if self.model is None:
-            return 0
-        stop = buf.rfind(b"\n\n", start) + 2
+            return pos
+        first = max(pos, start)
+        stop = buf.rfind(b"\n\n", first) + 2
         if stop == 1:
-            return 0
+            return pos
         if self.responses_api:
             tokens: tuple[bytes, ...] = (_DONE, *_FINAL_TOKENS)
-        elif buf.find(b"\n") == stop - 2 and buf.startswith(b"data: {"):
+        elif buf.find(b"\n", pos) == stop - 2 and buf.startswith(b"data: {", pos):
             # The usual read: one chunk on one line. Any [DONE] in it lies
             # inside the JSON, not alone on a data line, so only usage counts.
-            if _find_usage_object(buf, 0, stop) != -1:
-                return 0
+            if _find_usage_object(buf, pos, stop) != -1:
+                return pos
             self.chunks_seen += 1
             return stop
         else:
             tokens = (_DONE,)
         for token in tokens:
-            found = buf.find(token, 0, stop)
+            found = buf.find(token, pos, stop)
             if found != -1:
                 stop = found
         if not self.responses_api:
-            found = _find_usage_object(buf, 0, stop)
+            found = _find_usage_object(buf, pos, stop)
             if found != -1:
                 stop = found
-        last = buf.rfind(b"\n\n", start, stop)
+        last = buf.rfind(b"\n\n", first, stop)
         # A blank line inside a longer run of line ends could pair differently
         # from how _event_ends pairs them: leave that to it.
         if last == -1 or (last > 0 and buf[last - 1] == _LF):
-            return 0
-        self.chunks_seen += _count_data_events(buf, start, last + 2)
+            return pos
+        self.chunks_seen += _count_data_events(buf, pos, first, last + 2)
         return last + 2
 
     def _scan(self, buf: bytes | bytearray, start: int, end: int) -> bool:
@@ -358,19 +369,20 @@ def _is_data_event(buf: bytes | bytearray, start: int, end: int) -> bool:
     )
 
 
-def _count_data_events(buf: bytes | bytearray, first: int, end: int) -> int:
+def _count_data_events(buf: bytes | bytearray, start: int, first: int, end: int) -> int:
     """
-    Count the events of ``buf[:end]`` that have a data line: whole events, LF
-    line ends, the last not in a longer run of them; blank lines are searched
-    from *first*.
+    Count the events of ``buf[start:end]`` that have a data line: whole
+    events, LF line ends, the last not in a longer run of them; blank lines
+    are searched from *first*.
     """
     events = buf.count(b"\n\n", first, end)
     if events == 1:
-        return _is_data_event(buf, 0, end)
+        return _is_data_event(buf, start, end)
     # The usual case: every event opens with its data line.
-    if buf.startswith(b"data") + buf.count(b"\n\ndata", first, end) == events:
+    data_first = buf.startswith(b"data", start) + buf.count(b"\n\ndata", first, end)
+    if data_first == events:
         return events
-    count = start = 0
+    count = 0
     blank = buf.find(b"\n\n", first)
     while start < end:
         count += _is_data_event(buf, start, blank + 2)

@@ -465,8 +465,8 @@ class FullPathScanner(StreamScanner):
 
     __slots__ = ()
 
-    def _skip_plain_events(self, buf, start: int) -> int:
-        return 0
+    def _skip_plain_events(self, buf, pos: int, start: int) -> int:
+        return pos
 
 
 def relay_each(scanner: StreamScanner, reads: list[bytes]) -> list[bytes]:
