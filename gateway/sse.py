@@ -440,6 +440,20 @@ def _string_after_key(
 
 def _parse_event(buf: bytes | bytearray, start: int, end: int) -> object:
     """Return the JSON of an event's data lines joined, or None."""
+    if (
+        buf.startswith(b"data:", start, end)
+        and buf.find(b"\n", start, end) == end - 2
+        and buf[end - 1] == _LF
+        and buf.find(b"\r", start, end) == -1
+    ):
+        # One data line, as chunks come: its value is the JSON.
+        value = start + 5
+        if buf[value] == 32:  # the one space the format lets follow the colon
+            value += 1
+        try:
+            return orjson.loads(buf[value : end - 2])
+        except orjson.JSONDecodeError:
+            return None
     block = bytes(buf[start:end])
     if b"\r" in block:
         block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
