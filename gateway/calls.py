@@ -62,6 +62,11 @@ class Call:
     upstream_s: float = 0.0
     client_s: float = 0.0
     first_byte_s: float | None = None
+    # When the handler started (perf_counter) and the call's wall-clock time.
+    started: float = 0.0
+    timestamp: datetime | None = None
+    # Set once the record went to the recorder: a call has one row.
+    recorded: bool = False
 
 
 def check_gateway_key(

@@ -140,6 +140,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
             "%s %s: the client left during its upload", request.method, request.path
         )
         return web.Response(status=CLIENT_CLOSED)
+    call.started, call.timestamp = started, timestamp
     try:
         return await relay(request, call)
     except UpstreamError as exc:
@@ -158,12 +159,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         elapsed_s = perf_counter() - started
-        if call.accounted:
-            try:
-                submit_record(app, call, timestamp, elapsed_s)
-            # A bug in accounting must not cost the client its answer.
-            except Exception:
-                log.exception("could not record call %s", call.request_id)
+        record_call(app, call)
         log.info(
             "%s %s -> %s %d %s %.0f ms",
             request.method,
@@ -331,6 +327,11 @@ async def relay_stream(
             tail = scanner.close()
             if tail:
                 await response.write(tail)
+            take_stream_usage(call, scanner)
+            scanner = None
+            # Recorded before the client sees the end, so that a client that
+            # reads the stream to its end and then asks the API finds the row.
+            record_call(request.app, call)
         await response.write_eof()
     except ConnectionResetError:
         call.error = "client_disconnected"
@@ -346,6 +347,19 @@ async def relay_stream(
             take_stream_usage(call, scanner)
 
     return response
+
+
+def record_call(app: web.Application, call: Call) -> None:
+    """Submit the record of an accounted call, once, however the call ended."""
+    if not call.accounted or call.recorded:
+        return
+    call.recorded = True
+    assert call.timestamp is not None
+    try:
+        submit_record(app, call, call.timestamp, perf_counter() - call.started)
+    # A bug in accounting must not cost the client its answer.
+    except Exception:
+        log.exception("could not record call %s", call.request_id)
 
 
 def submit_record(
