@@ -21,12 +21,14 @@ def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def obj(properties: dict[str, Schema], *, optional: tuple[str, ...] = ()) -> Schema:
-    """A closed object whose properties are all required but *optional*."""
+def obj(
+    properties: dict[str, Schema], *, required: tuple[str, ...] | None = None
+) -> Schema:
+    """A closed object whose *required* properties (all, unless named) must be set."""
     return {
         "type": "object",
         "properties": properties,
-        "required": [name for name in properties if name not in optional],
+        "required": list(properties if required is None else required),
         "additionalProperties": False,
     }
 
@@ -215,18 +217,7 @@ SCHEMAS: dict[str, Schema] = {
                 }
             ),
         },
-        optional=(
-            "cached_input_tokens",
-            "reasoning_tokens",
-            "purpose",
-            "ticker",
-            "cycle_id",
-            "response_time_ms",
-            "timestamp",
-            "request_id",
-            "upstream",
-            "provider",
-        ),
+        required=("model", "input_tokens", "output_tokens"),
     ),
     "Ingested": obj(
         {

@@ -154,6 +154,15 @@ export function formatClock(value: Date | string | null | undefined, timeZone?: 
   }).format(date);
 }
 
+/** Whether *a* and *b* fall on the same calendar day in *timeZone*. */
+function isSameDay(a: Date, b: Date, timeZone?: string): boolean {
+  const day = new Intl.DateTimeFormat(LOCALE, {
+    dateStyle: "short",
+    ...(timeZone === undefined ? {} : { timeZone }),
+  });
+  return day.format(a) === day.format(b);
+}
+
 /**
  * A call or cycle time: the clock alone when it is on the day of *now*,
  * otherwise `Dec 2, 14:05`.
@@ -168,8 +177,7 @@ export function formatTimestamp(
     return MISSING;
   }
   const zone = timeZone === undefined ? {} : { timeZone };
-  const day = new Intl.DateTimeFormat(LOCALE, { dateStyle: "short", ...zone });
-  if (day.format(date) === day.format(now)) {
+  if (isSameDay(date, now, timeZone)) {
     return formatClock(date, timeZone);
   }
   return new Intl.DateTimeFormat(LOCALE, {
@@ -193,8 +201,7 @@ export function formatSince(
     return MISSING;
   }
   const zone = timeZone === undefined ? {} : { timeZone };
-  const day = new Intl.DateTimeFormat(LOCALE, { dateStyle: "short", ...zone });
-  if (day.format(date) === day.format(now)) {
+  if (isSameDay(date, now, timeZone)) {
     return new Intl.DateTimeFormat(LOCALE, {
       hour: "2-digit",
       minute: "2-digit",
