@@ -13,6 +13,7 @@ load generator sends and the fake upstream answers, so the cost of each step
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import tempfile
 import timeit
@@ -21,12 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from benchmarks.load import chat_body
 from benchmarks.upstream import build_completion, build_events
 from gateway.calls import Call, build_record, read_call_options, take_body_usage
 from gateway.config import RecorderSettings, load_settings
+from gateway.http1 import Pool, parse_head
 from gateway.metrics import Metrics
 from gateway.pricing import PriceBook
 from gateway.record import new_request_id
@@ -50,16 +51,21 @@ CLIENT_HEADERS = CIMultiDictProxy(
         }
     )
 )
-UPSTREAM_HEADERS = CIMultiDictProxy(
-    CIMultiDict(
-        {
-            "Content-Type": "application/json; charset=utf-8",
-            "Content-Length": "399",
-            "Date": "Thu, 03 Dec 2026 09:40:05 GMT",
-            "Server": "Python/3.11 aiohttp/3.14.5",
-        }
-    )
+UPSTREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: application/json; charset=utf-8\r\n"
+    b"Content-Length: 399\r\n"
+    b"Date: Thu, 03 Dec 2026 09:40:05 GMT\r\n"
+    b"Server: Python/3.11 aiohttp/3.14.5"
 )
+UPSTREAM_HEADERS = parse_head(UPSTREAM_HEAD).headers
+
+
+async def make_pool(upstream: Upstream) -> Pool:
+    """A pool for its encoder only: it never connects."""
+    upstream.open()
+    assert upstream.pool is not None
+    return upstream.pool
 
 
 def build_steps() -> dict[str, tuple[str, Callable[[], object]]]:
@@ -89,6 +95,13 @@ def build_steps() -> dict[str, tuple[str, Callable[[], object]]]:
     target = router.resolve(path, model)
     tags = read_tags(CLIENT_HEADERS)
     now = datetime.now(UTC)
+    pool = asyncio.run(make_pool(upstream))
+    sent_headers = headers_for_upstream(
+        CLIENT_HEADERS,
+        request_id="tg-0123456789abcdef",
+        drop_authorization=False,
+        identity_encoding=True,
+    )
 
     def new_call() -> Call:
         return Call(
@@ -138,10 +151,17 @@ def build_steps() -> dict[str, tuple[str, Callable[[], object]]]:
         "headers_for_upstream": (
             "both",
             lambda: headers_for_upstream(
-                CLIENT_HEADERS, drop_authorization=False, identity_encoding=True
+                CLIENT_HEADERS,
+                request_id="tg-0123456789abcdef",
+                drop_authorization=False,
+                identity_encoding=True,
             ),
         ),
-        "URL(target, encoded=True)": ("both", lambda: URL(target.url, encoded=True)),
+        "Pool.encode (the request's bytes)": (
+            "both",
+            lambda: pool.encode("POST", target.url, sent_headers, plain_body),
+        ),
+        "parse_head (the answer's head)": ("both", lambda: parse_head(UPSTREAM_HEAD)),
         "headers_for_client": ("both", lambda: headers_for_client(UPSTREAM_HEADERS)),
         "usage_from_body (whole answer)": (
             "plain",

@@ -8,7 +8,7 @@ One call, in order:
    read (bounded) and, for the accounted endpoints only, parsed for ``model``
    and ``stream``; routing picks the upstream; the admission checks (budgets)
    run. Anything refused here never reaches an upstream.
-2. ``relay``: the request goes out on the upstream's pooled session. A JSON
+2. ``relay``: the request goes out on the upstream's pool (``http1``). A JSON
    answer is read whole and its usage taken from it; an event stream is
    relayed read by read through the ``StreamScanner``, nothing held back.
 3. ``forward``'s ``finally``: one ``UsageRecord`` for every accounted call,
@@ -41,10 +41,8 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from time import perf_counter
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.calls import (
     Call,
@@ -57,6 +55,7 @@ from gateway.calls import (
 )
 from gateway.config import Settings
 from gateway.errors import GatewayError, UpstreamError
+from gateway.http1 import CannotConnect, ClientError, InvalidRequestHeader, Reply
 from gateway.keys import ADMISSION, CLOCK, METRICS, PRICES, RECORDER, SETTINGS
 from gateway.pricing import PriceBook
 from gateway.routing import (
@@ -71,7 +70,7 @@ from gateway.upstream import (
     Upstream,
     headers_for_client,
     headers_for_upstream,
-    open_sessions,
+    open_pools,
     upstream_errors,
 )
 
@@ -79,7 +78,7 @@ log = logging.getLogger(__name__)
 
 EVENT_STREAM = "text/event-stream"
 # Failures that mean the request never left the gateway.
-NEVER_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+NEVER_SENT = (CannotConnect, InvalidRequestHeader)
 # Recorded for a call whose client left before any status was known (nginx's).
 CLIENT_CLOSED = 499
 
@@ -113,11 +112,11 @@ def setup(app: web.Application) -> None:
     proxy = Proxy(settings, app[PRICES])
     app[PROXY] = proxy
 
-    async def sessions(app: web.Application) -> AsyncIterator[None]:
-        async with open_sessions(proxy.upstreams.values()):
+    async def pools(app: web.Application) -> AsyncIterator[None]:
+        async with open_pools(proxy.upstreams.values()):
             yield
 
-    app.cleanup_ctx.append(sessions)
+    app.cleanup_ctx.append(pools)
     app.router.add_route("*", "/v1/{rest:.*}", forward)
     for name in settings.upstreams:
         app.router.add_route("*", f"/{name}/v1/{{rest:.*}}", forward)
@@ -215,29 +214,24 @@ async def admit(request: web.Request, proxy: Proxy) -> Call:
 async def relay(request: web.Request, call: Call) -> web.StreamResponse:
     """Send *call* upstream and relay its answer to the client."""
     upstream = call.upstream
-    assert upstream.session is not None, "upstream sessions open on startup"
+    assert upstream.pool is not None, "upstream pools open on startup"
     headers = headers_for_upstream(
         request.headers,
+        request_id=call.request_id,
         drop_authorization=call.gateway_keyed,
         identity_encoding=call.accounted,
+        authorization=upstream.authorization,
     )
-    if upstream.authorization is not None and "Authorization" not in headers:
-        headers["Authorization"] = upstream.authorization
-    headers[REQUEST_ID_HEADER] = call.request_id
 
     sent = perf_counter()
     with upstream_errors(upstream.name):
-        reply = await upstream.session.request(
-            request.method,
-            URL(call.target.url, encoded=True),
-            headers=headers,
-            data=call.body or None,
-            allow_redirects=False,
+        reply = await upstream.pool.request(
+            request.method, call.target.url, headers, call.body
         )
     call.upstream_s = perf_counter() - sent
     call.status = reply.status
     try:
-        answer_headers = headers_for_client(reply.headers)
+        answer_headers = headers_for_client(reply.headers, reply.connection)
         answer_headers[REQUEST_ID_HEADER] = call.request_id
         # Only an accounted JSON answer is read whole (its usage is at the
         # end); everything else flows through as it arrives.
@@ -249,7 +243,7 @@ async def relay(request: web.Request, call: Call) -> web.StreamResponse:
 
 
 async def relay_whole(
-    call: Call, reply: aiohttp.ClientResponse, headers: CIMultiDict[str]
+    call: Call, reply: Reply, headers: CIMultiDict[str]
 ) -> web.Response:
     """Read a whole answer, take its usage, and return it as it came."""
     waited = perf_counter()
@@ -266,7 +260,7 @@ async def relay_whole(
 async def relay_stream(
     request: web.Request,
     call: Call,
-    reply: aiohttp.ClientResponse,
+    reply: Reply,
     headers: CIMultiDict[str],
     sent: float,
 ) -> web.StreamResponse:
@@ -287,7 +281,6 @@ async def relay_stream(
     elif reply.content_length is not None:
         # The bytes go through unchanged, so the upstream's length holds.
         response.content_length = reply.content_length
-    content = reply.content
     try:
         waited = perf_counter()
         await response.prepare(request)
@@ -295,8 +288,8 @@ async def relay_stream(
         while True:
             waited = perf_counter()
             try:
-                data = await content.readany()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                data = await reply.readany()
+            except ClientError as exc:
                 call.error = (
                     "upstream_timeout"
                     if isinstance(exc, TimeoutError)

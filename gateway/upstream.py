@@ -1,10 +1,10 @@
 """
-The upstreams as the proxy talks to them: pooled sessions, headers, errors.
+The upstreams as the proxy talks to them: pooled connections, headers, errors.
 
-Each configured upstream gets one ``aiohttp.ClientSession`` with its own
-keep-alive pool (``max_connections``), opened on startup and closed on cleanup.
-Sessions never decompress: bytes are relayed as they came. The headers of a
-request and of its answer are filtered here, with the name sets built once.
+Each configured upstream gets one ``http1.Pool`` of keep-alive connections
+(``max_connections``), opened on startup and closed on cleanup. Nothing is
+decompressed: bytes are relayed as they came. The headers of a request and of
+its answer are filtered here, with the name sets built once.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import functools
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-import aiohttp
 from multidict import CIMultiDict
 
 from gateway.config import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamTimeout
-from gateway.tags import is_tag_header
+from gateway.http1 import CannotConnect, ClientError, Pool
+from gateway.tags import REQUEST_ID_HEADER, is_tag_header
 
 # RFC 9110 7.6.1: meaningful for one connection only, never relayed.
 HOP_BY_HOP = frozenset(
@@ -35,11 +35,10 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Recomputed or answered by whoever sends the next hop.
-REQUEST_DROPPED = HOP_BY_HOP | {"host", "content-length", "expect"}
+# Recomputed or answered by whoever sends the next hop; the request id is the
+# gateway's, sent once (the client's own, when it sent one, is that id).
+REQUEST_DROPPED = HOP_BY_HOP | {"host", "content-length", "expect", "x-request-id"}
 RESPONSE_DROPPED = HOP_BY_HOP | {"content-length"}
-# aiohttp would otherwise add its own; only what the client sent goes upstream.
-SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # The upstream's own request id, relayed under this name: X-Request-Id on the
 # answer is the gateway's id, the one stored with the row.
 UPSTREAM_REQUEST_ID = "X-Upstream-Request-Id"
@@ -54,9 +53,11 @@ class Upstream:
     provider: str
     # "Bearer <api_key>", or None when the upstream holds no key.
     authorization: str | None
-    timeout: aiohttp.ClientTimeout
+    base_url: str
+    timeout_s: float
+    connect_timeout_s: float
     max_connections: int
-    session: aiohttp.ClientSession | None = None
+    pool: Pool | None = None
 
     @classmethod
     def from_settings(cls, name: str, settings: UpstreamSettings) -> Upstream:
@@ -65,34 +66,30 @@ class Upstream:
             name=name,
             provider=settings.provider or name,
             authorization=f"Bearer {key}" if key else None,
-            timeout=aiohttp.ClientTimeout(
-                total=settings.timeout_s, connect=settings.connect_timeout_s
-            ),
+            base_url=str(settings.base_url),
+            timeout_s=settings.timeout_s,
+            connect_timeout_s=settings.connect_timeout_s,
             max_connections=settings.max_connections,
         )
 
     def open(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.max_connections, limit_per_host=self.max_connections
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self.timeout,
-            auto_decompress=False,
-            skip_auto_headers=SKIP_AUTO_HEADERS,
-            # Relayed as sent: no cookie jar shared between clients.
-            cookie_jar=aiohttp.DummyCookieJar(),
+        """Make the connection pool; call it with the event loop running."""
+        self.pool = Pool(
+            self.base_url,
+            max_connections=self.max_connections,
+            connect_timeout_s=self.connect_timeout_s,
+            timeout_s=self.timeout_s,
         )
 
-    async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
 
 @contextlib.asynccontextmanager
-async def open_sessions(upstreams: Iterable[Upstream]) -> AsyncIterator[None]:
-    """Open every upstream's session; close them all on the way out."""
+async def open_pools(upstreams: Iterable[Upstream]) -> AsyncIterator[None]:
+    """Open every upstream's pool; close them all on the way out."""
     opened = list(upstreams)
     for upstream in opened:
         upstream.open()
@@ -100,7 +97,7 @@ async def open_sessions(upstreams: Iterable[Upstream]) -> AsyncIterator[None]:
         yield
     finally:
         for upstream in opened:
-            await upstream.close()
+            upstream.close()
 
 
 def connection_named(headers: Mapping[str, str]) -> frozenset[str]:
@@ -149,39 +146,55 @@ def response_header_name(name: str) -> str | None:
 def headers_for_upstream(
     headers: Mapping[str, str],
     *,
+    request_id: str,
     drop_authorization: bool,
     identity_encoding: bool,
-) -> CIMultiDict[str]:
+    authorization: str | None = None,
+) -> list[tuple[str, str]]:
     """
-    Return the request headers to send upstream.
+    Return the request headers to send upstream, in the order they came.
 
     Hop-by-hop headers, Host, Content-Length and the tag headers go; with
     *drop_authorization* the client's key goes too (it was a gateway key);
+    *authorization* (the upstream's own key) is sent when the client's is not;
     with *identity_encoding* the answer is asked for uncompressed, because the
-    gateway reads its usage.
+    gateway reads its usage. *request_id* goes as X-Request-Id.
     """
     named = connection_named(headers) if "Connection" in headers else None
     kept = []
+    sends_key = False
     for name, value in headers.items():
         kind = request_header_kind(name)
         if kind == DROP or (named and name.lower() in named):
             continue
-        if kind == AUTHORIZATION and drop_authorization:
-            continue
+        if kind == AUTHORIZATION:
+            if drop_authorization:
+                continue
+            sends_key = True
         if kind == ACCEPT_ENCODING and identity_encoding:
             continue
         kept.append((name, value))
-    out = CIMultiDict(kept)
     if identity_encoding:
-        out["Accept-Encoding"] = "identity"
-    return out
+        kept.append(("Accept-Encoding", "identity"))
+    if authorization is not None and not sends_key:
+        kept.append(("Authorization", authorization))
+    kept.append((REQUEST_ID_HEADER, request_id))
+
+    return kept
 
 
-def headers_for_client(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    """Return the upstream's answer headers to relay, hop-by-hop ones removed."""
-    named = connection_named(headers) if "Connection" in headers else None
+def headers_for_client(
+    headers: Iterable[tuple[str, str]], connection: frozenset[str] = frozenset()
+) -> CIMultiDict[str]:
+    """
+    Return the upstream's answer headers to relay, hop-by-hop ones removed.
+
+    *connection* holds the lower-case tokens of the answer's Connection header,
+    which name more hop-by-hop headers.
+    """
+    named = connection - HOP_BY_HOP - {"close"} if connection else None
     kept = []
-    for name, value in headers.items():
+    for name, value in headers:
         relayed = response_header_name(name)
         if relayed is None or (named and name.lower() in named):
             continue
@@ -194,10 +207,12 @@ def upstream_errors(name: str) -> Iterator[None]:
     """Map failures before the upstream's headers arrive onto 502 and 504."""
     try:
         yield
-    # Timeouts first: aiohttp's ServerTimeoutError is a connection error too.
+    # Timeouts first: a connect timeout is a connection error too.
     except TimeoutError as exc:
         raise UpstreamTimeout(f"upstream {name} did not answer in time") from exc
-    except aiohttp.ClientError as exc:
+    except CannotConnect as exc:
+        raise UpstreamError(f"upstream {name} could not be reached") from exc
+    except ClientError as exc:
         raise UpstreamError(
-            f"upstream {name} could not be reached: {type(exc).__name__}"
+            f"upstream {name} failed: {type(exc).__name__}: {exc}"
         ) from exc

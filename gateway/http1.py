@@ -1,0 +1,704 @@
+"""
+The HTTP/1.1 client the proxy talks to its upstreams with.
+
+It does what a relay needs and no more: one keep-alive pool per upstream, a
+request written in one send, the answer's head parsed once, its body handed
+on as it arrives (``Content-Length``, chunked, or until the upstream closes),
+a connect timeout and a whole-call deadline, and errors that say whether the
+request ever left. Bytes are never decoded or decompressed.
+
+aiohttp's ``ClientSession`` does all this and much more (cookies, redirects,
+proxies, tracing, multipart), and paid for it on every call: a bare relay
+spent 2.3 times the CPU per call with it than with a client like this one
+(``benchmarks/NOTES.md``), which made it the largest cost of the gateway.
+
+Errors, all ``ClientError``:
+
+    ClientError
+    ├── CannotConnect         nothing was sent
+    │   └── ConnectTimeout    (also TimeoutError)
+    ├── Disconnected          the upstream closed the connection mid-answer
+    ├── BadResponse           not an HTTP/1.x answer that can be relayed
+    ├── InvalidRequestHeader  a header that cannot be sent (a line break)
+    └── ResponseTimeout       the whole call ran past its deadline (TimeoutError)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from time import monotonic
+from urllib.parse import urlsplit
+
+# Past this, an answer's head is refused: no real upstream sends one so big.
+MAX_HEAD_BYTES = 64 * 1024
+# A chunk-size line, extensions included.
+MAX_CHUNK_LINE_BYTES = 4096
+# Unread body past this pauses reading from the upstream until it is read.
+PAUSE_BYTES = 256 * 1024
+# Idle connections older than this are closed instead of reused: servers drop
+# theirs after a while, and a request sent on a dropped one fails.
+IDLE_TIMEOUT_S = 15.0
+# Methods whose request carries Content-Length even when the body is empty.
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# The bytes a header name may hold (RFC 9110 5.6.2, tchar).
+TOKEN_BYTES = (
+    b"!#$%&'*+-.^_`|~0123456789" + bytes(range(65, 91)) + bytes(range(97, 123))
+)
+# Answers that never have a body (RFC 9112 6.3).
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class ClientError(Exception):
+    """An upstream call failed; the subclass says how far it got."""
+
+
+class CannotConnect(ClientError):
+    """No connection could be made: the request was never sent."""
+
+
+class ConnectTimeout(CannotConnect, TimeoutError):
+    """The connection was not made in time: the request was never sent."""
+
+
+class Disconnected(ClientError):
+    """The upstream closed the connection before its answer was whole."""
+
+
+class BadResponse(ClientError):
+    """The upstream's bytes are not an HTTP/1.x answer that can be relayed."""
+
+
+class InvalidRequestHeader(ClientError):
+    """A request header holds a line break, so it cannot be sent."""
+
+
+class ResponseTimeout(ClientError, TimeoutError):
+    """The call ran past its whole-call deadline."""
+
+
+@dataclass(slots=True)
+class Head:
+    """What an answer's head says, as ``parse_head`` read it."""
+
+    status: int
+    reason: str
+    # Every header as sent, names in their case, in order.
+    headers: list[tuple[str, str]]
+    # The media type, lower case and without parameters ("" when absent).
+    content_type: str = ""
+    content_length: int | None = None
+    chunked: bool = False
+    # A Transfer-Encoding whose last coding is not chunked: read until close.
+    other_encoding: bool = False
+    # Lower-case tokens of the Connection header(s).
+    connection: frozenset[str] = frozenset()
+    http10: bool = False
+
+    @property
+    def keep_alive(self) -> bool:
+        if self.http10:
+            return "keep-alive" in self.connection
+        return "close" not in self.connection
+
+
+def parse_head(head: bytes) -> Head:
+    """
+    Return the parsed head of an answer (status line and headers, no blank line).
+
+    Raise BadResponse for anything that is not a plain HTTP/1.x head: a bad
+    status line, a header without a name or colon, folded lines, stray line
+    breaks, and Content-Length values that disagree.
+    """
+    breaks = head.count(b"\r\n")
+    if head.count(b"\r") != breaks or head.count(b"\n") != breaks or b"\0" in head:
+        raise BadResponse("stray line break or NUL byte in the answer's head")
+    lines = head.split(b"\r\n")
+    status_line = lines[0]
+    version, _, rest = status_line.partition(b" ")
+    code, _, reason = rest.partition(b" ")
+    if (
+        version not in (b"HTTP/1.1", b"HTTP/1.0")
+        or len(code) != 3
+        or not code.isdigit()
+    ):
+        raise BadResponse(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+    parsed = Head(
+        status=int(code),
+        reason=reason.decode("latin-1"),
+        headers=[],
+        http10=version == b"HTTP/1.0",
+    )
+    lengths: set[bytes] = set()
+    connection: list[str] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name.translate(None, TOKEN_BYTES):
+            raise BadResponse(f"malformed header line: {line[:80]!r}")
+        value = value.strip(b" \t")
+        text = value.decode("utf-8", "replace")
+        parsed.headers.append((name.decode("latin-1"), text))
+        lower = name.lower()
+        if lower == b"content-length":
+            lengths.update(part.strip(b" \t") for part in value.split(b","))
+        elif lower == b"transfer-encoding":
+            codings = [c.strip().lower() for c in text.split(",") if c.strip()]
+            parsed.chunked = bool(codings) and codings[-1] == "chunked"
+            parsed.other_encoding = not parsed.chunked
+        elif lower == b"content-type":
+            parsed.content_type = text.partition(";")[0].strip().lower()
+        elif lower == b"connection":
+            connection.extend(t.strip().lower() for t in text.split(","))
+    if lengths:
+        if len(lengths) != 1:
+            raise BadResponse("Content-Length values disagree")
+        (length,) = lengths
+        if not length.isdigit():
+            raise BadResponse(f"Content-Length is not a number: {length[:40]!r}")
+        parsed.content_length = int(length)
+    parsed.connection = frozenset(connection)
+
+    return parsed
+
+
+# How an answer's body is framed.
+NO_BODY, BY_LENGTH, CHUNKED, UNTIL_CLOSE = range(4)
+# Where the chunked decoder is.
+SIZE_LINE, CHUNK_DATA, CHUNK_END, TRAILERS = range(4)
+
+
+class Reply:
+    """An upstream's answer: its head at once, its body as it arrives."""
+
+    __slots__ = (
+        "_conn",
+        "_done",
+        "_error",
+        "_pieces",
+        "_released",
+        "_size",
+        "_waiter",
+        "_whole",
+        "connection",
+        "content_length",
+        "content_type",
+        "headers",
+        "reason",
+        "status",
+    )
+
+    def __init__(self, conn: Connection, head: Head) -> None:
+        self.status = head.status
+        self.reason = head.reason
+        self.headers = head.headers
+        self.content_type = head.content_type
+        self.content_length = head.content_length
+        self.connection = head.connection
+        self._conn = conn
+        self._pieces: list[bytes] = []
+        self._size = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._released = False
+        # Read whole: reading never pauses, there is one reader waiting for all.
+        self._whole = False
+
+    async def readany(self) -> bytes:
+        """Return the body bytes that arrived since the last read; b"" at the end."""
+        while not self._pieces:
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return b""
+            await self._wait()
+        pieces = self._pieces
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        self._size = 0
+        self._conn.resume()
+
+        return data
+
+    async def read(self) -> bytes:
+        """Return the whole body, once it has all arrived."""
+        self._whole = True
+        self._conn.resume()
+        while not self._done:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        if self._error is not None:
+            raise self._error
+        data = b"".join(self._pieces)
+        self._pieces.clear()
+        self._size = 0
+
+        return data
+
+    def release(self) -> None:
+        """Give the connection back: to the pool when the answer was read whole."""
+        if self._released:
+            return
+        self._released = True
+        self._conn.release(reusable=self._done and self._error is None)
+
+    def close(self) -> None:
+        """Drop the connection, whatever is left of the answer."""
+        if not self._released:
+            self._released = True
+            self._conn.release(reusable=False)
+
+    async def _wait(self) -> None:
+        waiter = self._conn.loop.create_future()
+        self._waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _push(self, data: bytes) -> None:
+        self._pieces.append(data)
+        self._size += len(data)
+        if self._size > PAUSE_BYTES and not self._whole:
+            self._conn.pause()
+        self._wake()
+
+    def _end(self, error: BaseException | None = None) -> None:
+        if self._done or self._error is not None:
+            return
+        if error is None:
+            self._done = True
+        else:
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection to an upstream; one call on it at a time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.closed = False
+        self.keep_alive = True
+        self.idle_since = 0.0
+        self.paused = False
+        # The call in flight: waiting for its head, then reading its body.
+        self.head_waiter: asyncio.Future[Reply] | None = None
+        self.reply: Reply | None = None
+        self.head_request = False
+        self.deadline: asyncio.TimerHandle | None = None
+        self.framing = NO_BODY
+        self.remaining = 0
+        self.chunk_state = SIZE_LINE
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.head_waiter is None and (self.reply is None or self.reply._done):
+            # Bytes nobody asked for: the connection is not in a known state.
+            self.keep_alive = False
+            self.abort()
+            return
+        self.buffer += data
+        try:
+            if self.head_waiter is not None and not self.read_head():
+                return
+            self.read_body()
+        except BadResponse as exc:
+            self.fail(exc)
+
+    def eof_received(self) -> bool:
+        # Returning False closes the transport; connection_lost does the rest.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.stop_deadline()
+        reply = self.reply
+        if self.framing == UNTIL_CLOSE and self.head_waiter is None and reply:
+            reply._end()
+        else:
+            self.fail(Disconnected("the upstream closed the connection"), abort=False)
+        self.pool.lost(self)
+
+    # One call
+
+    async def send(self, data: bytes, *, head_request: bool, deadline: float) -> Reply:
+        """Write one request and return its answer once the head has arrived."""
+        assert self.transport is not None
+        self.head_request = head_request
+        self.reply = None
+        self.framing, self.chunk_state = NO_BODY, SIZE_LINE
+        waiter: asyncio.Future[Reply] = self.loop.create_future()
+        self.head_waiter = waiter
+        self.deadline = self.loop.call_at(deadline, self.expire)
+        self.transport.write(data)
+        return await waiter
+
+    def read_head(self) -> bool:
+        """Parse the head once it is whole; True when the body may follow."""
+        buffer = self.buffer
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_HEAD_BYTES:
+                    raise BadResponse("the answer's head is too large")
+                return False
+            if end > MAX_HEAD_BYTES:
+                raise BadResponse("the answer's head is too large")
+            head = parse_head(bytes(buffer[:end]))
+            del buffer[: end + 4]
+            if head.status == 101:
+                raise BadResponse("the upstream switched protocols")
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+            if head.status >= 200:
+                break
+        self.keep_alive = head.keep_alive
+        if self.head_request or head.status in NO_BODY_STATUSES:
+            self.framing = NO_BODY
+        elif head.chunked:
+            self.framing = CHUNKED
+            # Both framings at once is how requests are smuggled: never reuse.
+            if head.content_length is not None:
+                self.keep_alive = False
+        elif head.other_encoding or head.content_length is None:
+            self.framing, self.keep_alive = UNTIL_CLOSE, False
+        else:
+            self.framing, self.remaining = BY_LENGTH, head.content_length
+        reply = self.reply = Reply(self, head)
+        waiter, self.head_waiter = self.head_waiter, None
+        assert waiter is not None
+        if not waiter.done():
+            waiter.set_result(reply)
+
+        return True
+
+    def read_body(self) -> None:
+        """Hand on what the buffer holds of the body; end the reply when whole."""
+        reply = self.reply
+        assert reply is not None
+        buffer = self.buffer
+        framing = self.framing
+        if framing == BY_LENGTH:
+            if buffer and self.remaining:
+                if len(buffer) <= self.remaining:
+                    data = bytes(buffer)
+                    buffer.clear()
+                else:
+                    data = bytes(buffer[: self.remaining])
+                    del buffer[: self.remaining]
+                self.remaining -= len(data)
+                reply._push(data)
+            if not self.remaining:
+                self.finish()
+        elif framing == CHUNKED:
+            self.read_chunks(reply)
+        elif framing == UNTIL_CLOSE:
+            if buffer:
+                reply._push(bytes(buffer))
+                buffer.clear()
+        else:
+            self.finish()
+
+    def read_chunks(self, reply: Reply) -> None:
+        """Decode as much of a chunked body as the buffer holds (RFC 9112 7.1)."""
+        buffer = self.buffer
+        out: list[bytes] = []
+        while buffer:
+            state = self.chunk_state
+            if state in (SIZE_LINE, TRAILERS):
+                end = buffer.find(b"\r\n")
+                if end < 0:
+                    if len(buffer) > MAX_CHUNK_LINE_BYTES:
+                        raise BadResponse("a chunk line is too long")
+                    break
+                line = bytes(buffer[:end])
+                del buffer[: end + 2]
+                if state == TRAILERS:
+                    if not line:
+                        if out:
+                            reply._push(b"".join(out))
+                        self.finish()
+                        return
+                    continue
+                size_text = line.partition(b";")[0].strip(b" \t")
+                try:
+                    size = int(size_text, 16)
+                except ValueError:
+                    raise BadResponse(f"bad chunk size: {line[:40]!r}") from None
+                if size < 0 or size_text[:1] in b"+-" or b"_" in size_text:
+                    raise BadResponse(f"bad chunk size: {line[:40]!r}")
+                if size == 0:
+                    self.chunk_state = TRAILERS
+                else:
+                    self.chunk_state, self.remaining = CHUNK_DATA, size
+            elif state == CHUNK_DATA:
+                take = min(len(buffer), self.remaining)
+                out.append(bytes(buffer[:take]))
+                del buffer[:take]
+                self.remaining -= take
+                if not self.remaining:
+                    self.chunk_state = CHUNK_END
+            else:
+                if len(buffer) < 2:
+                    break
+                if buffer[:2] != b"\r\n":
+                    raise BadResponse("a chunk does not end in CRLF")
+                del buffer[:2]
+                self.chunk_state = SIZE_LINE
+        if out:
+            reply._push(out[0] if len(out) == 1 else b"".join(out))
+
+    def finish(self) -> None:
+        """The answer is whole: stop its clock, and tell its reader."""
+        self.stop_deadline()
+        if self.buffer:
+            # Bytes past the end of the answer: not a connection to reuse.
+            self.keep_alive = False
+            self.buffer.clear()
+        assert self.reply is not None
+        self.reply._end()
+
+    def fail(self, error: ClientError, *, abort: bool = True) -> None:
+        """End the call in flight with *error*, and drop the connection."""
+        self.keep_alive = False
+        self.stop_deadline()
+        waiter, self.head_waiter = self.head_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        elif self.reply is not None:
+            self.reply._end(error)
+        if abort:
+            self.abort()
+
+    def expire(self) -> None:
+        self.deadline = None
+        self.fail(ResponseTimeout("the upstream did not answer in time"))
+
+    def stop_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    # Flow control and the pool
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def release(self, *, reusable: bool) -> None:
+        """The call is over: back to the pool if it can carry another."""
+        self.stop_deadline()
+        self.resume()
+        self.reply = None
+        if reusable and self.keep_alive and not self.closed:
+            self.pool.put_back(self)
+        else:
+            self.keep_alive = False
+            self.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+
+class Pool:
+    """The keep-alive connections to one upstream, at most *max_connections*."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_connections: int,
+        connect_timeout_s: float,
+        timeout_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        url = urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.origin = f"{url.scheme}://{url.netloc}"
+        self.host = url.hostname
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        # The Host header: the URL's authority without any user info.
+        self.host_header = url.netloc.rpartition("@")[2]
+        self.ssl: ssl.SSLContext | None = None
+        if url.scheme == "https":
+            self.ssl = ssl_context or ssl.create_default_context()
+        self.max_connections = max_connections
+        self.connect_timeout_s = connect_timeout_s
+        self.timeout_s = timeout_s
+        self.idle: list[Connection] = []
+        self.open_count = 0
+        self.waiters: deque[asyncio.Future[Connection | None]] = deque()
+        self.closing = False
+        self.loop = asyncio.get_running_loop()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes = b"",
+    ) -> Reply:
+        """
+        Send one request to *url* (on this pool's origin) and return its answer.
+
+        The answer's head has arrived; its body is read from the reply, which
+        must be released (or closed) when done with.
+        """
+        deadline = self.loop.time() + self.timeout_s
+        data = self.encode(method, url, headers, body)
+        conn = await self.acquire(deadline)
+        try:
+            return await conn.send(
+                data, head_request=method == "HEAD", deadline=deadline
+            )
+        except BaseException:
+            conn.release(reusable=False)
+            raise
+
+    def encode(
+        self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> bytes:
+        """Return the request's bytes: request line, headers, blank line, body."""
+        if not url.startswith(self.origin):
+            raise ValueError(f"{url!r} is not on {self.origin}")
+        target = url[len(self.origin) :] or "/"
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host_header}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        if body or method in BODY_METHODS:
+            lines.append(f"Content-Length: {len(body)}")
+        text = "\r\n".join(lines)
+        if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+            raise InvalidRequestHeader("a request header holds a line break")
+        lines.append("\r\n")
+        # Header values arrived as bytes decoded with surrogateescape (aiohttp's
+        # parser does so); encoding them back the same way sends them unchanged.
+        data = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+        return data + body if body else data
+
+    async def acquire(self, deadline: float) -> Connection:
+        """Return an idle connection, a new one, or the next one released."""
+        now = monotonic()
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < IDLE_TIMEOUT_S:
+                return conn
+            conn.abort()
+        if self.closing:
+            raise CannotConnect("the upstream pool is closed")
+        if self.open_count < self.max_connections:
+            return await self.connect(deadline)
+        waiter: asyncio.Future[Connection | None] = self.loop.create_future()
+        self.waiters.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                conn = await waiter
+        except BaseException as exc:
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(waiter)
+            if waiter.done() and not waiter.cancelled():
+                # Handed a connection (or room for one) just as this call
+                # gave up: pass it on rather than lose it.
+                given = waiter.result()
+                if given is not None:
+                    self.put_back(given)
+                else:
+                    self.wake_one()
+            if isinstance(exc, TimeoutError):
+                raise ResponseTimeout(
+                    "no upstream connection came free in time"
+                ) from None
+            raise
+        # None: a connection closed and left room for a new one.
+        return conn if conn is not None else await self.connect(deadline)
+
+    async def connect(self, deadline: float) -> Connection:
+        self.open_count += 1
+        connect_by = min(deadline, self.loop.time() + self.connect_timeout_s)
+        try:
+            async with asyncio.timeout_at(connect_by):
+                transport, conn = await self.loop.create_connection(
+                    lambda: Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None,
+                )
+        except TimeoutError:
+            self.forget()
+            raise ConnectTimeout(
+                f"no connection to {self.host_header} in {self.connect_timeout_s} s"
+            ) from None
+        except OSError as exc:
+            self.forget()
+            raise CannotConnect(f"cannot connect to {self.host_header}: {exc}") from exc
+        except BaseException:
+            self.forget()
+            raise
+        # uvloop may call connection_made only after this returns.
+        conn.transport = transport
+        return conn
+
+    def put_back(self, conn: Connection) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        if self.closing:
+            conn.abort()
+            return
+        conn.idle_since = monotonic()
+        self.idle.append(conn)
+
+    def lost(self, conn: Connection) -> None:
+        """A connection closed: its place in the pool is free again."""
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+        self.forget()
+
+    def forget(self) -> None:
+        self.open_count -= 1
+        self.wake_one()
+
+    def wake_one(self) -> None:
+        """Tell the longest waiter there is room for a new connection."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        """Drop every idle connection; calls in flight finish on their own."""
+        self.closing = True
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.abort()
