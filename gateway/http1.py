@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections import deque
 from collections.abc import Iterable
@@ -45,9 +46,18 @@ PAUSE_BYTES = 256 * 1024
 IDLE_TIMEOUT_S = 15.0
 # Methods whose request carries Content-Length even when the body is empty.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# The bytes a header name may hold (RFC 9110 5.6.2, tchar).
-TOKEN_BYTES = (
-    b"!#$%&'*+-.^_`|~0123456789" + bytes(range(65, 91)) + bytes(range(97, 123))
+# "HTTP/1.x NNN reason": the reason may be empty, and may hold any visible byte.
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n\x00]*))?")
+# Header lines: a token name (RFC 9110 5.6.2), a colon, a value without line
+# breaks or NUL; no leading whitespace, so no obsolete line folding.
+_FIELD_LINES = re.compile(
+    rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\r\n\x00]*"
+    rb"(?:\r\n[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\r\n\x00]*)*"
+)
+HEX_DIGITS = b"0123456789abcdefABCDEF"
+# The headers that decide how the body is framed and the connection kept.
+_FRAMING_NAMES = frozenset(
+    {"content-length", "transfer-encoding", "content-type", "connection"}
 )
 # Answers that never have a body (RFC 9112 6.3).
 NO_BODY_STATUSES = frozenset({204, 304})
@@ -112,57 +122,64 @@ def parse_head(head: bytes) -> Head:
 
     Raise BadResponse for anything that is not a plain HTTP/1.x head: a bad
     status line, a header without a name or colon, folded lines, stray line
-    breaks, and Content-Length values that disagree.
+    breaks or NUL bytes, and Content-Length values that disagree.
     """
-    breaks = head.count(b"\r\n")
-    if head.count(b"\r") != breaks or head.count(b"\n") != breaks or b"\0" in head:
-        raise BadResponse("stray line break or NUL byte in the answer's head")
-    lines = head.split(b"\r\n")
-    status_line = lines[0]
-    version, _, rest = status_line.partition(b" ")
-    code, _, reason = rest.partition(b" ")
-    if (
-        version not in (b"HTTP/1.1", b"HTTP/1.0")
-        or len(code) != 3
-        or not code.isdigit()
-    ):
+    status_line, _, fields = head.partition(b"\r\n")
+    match = _STATUS_LINE.fullmatch(status_line)
+    if match is None:
         raise BadResponse(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+    # One pass checks every header line; then they are only split.
+    if fields and _FIELD_LINES.fullmatch(fields) is None:
+        raise BadResponse(f"malformed header lines: {fields[:80]!r}")
+    version, code, reason = match.groups()
     parsed = Head(
         status=int(code),
-        reason=reason.decode("latin-1"),
+        reason=reason.decode("latin-1") if reason else "",
         headers=[],
-        http10=version == b"HTTP/1.0",
+        http10=version == b"0",
     )
-    lengths: set[bytes] = set()
+    if not fields:
+        return parsed
+    headers = parsed.headers
+    lengths: set[str] = set()
     connection: list[str] = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name.translate(None, TOKEN_BYTES):
-            raise BadResponse(f"malformed header line: {line[:80]!r}")
-        value = value.strip(b" \t")
-        text = value.decode("utf-8", "replace")
-        parsed.headers.append((name.decode("latin-1"), text))
+    for line in fields.decode("utf-8", "replace").split("\r\n"):
+        name, _, value = line.partition(":")
+        value = value.strip(" \t")
+        headers.append((name, value))
         lower = name.lower()
-        if lower == b"content-length":
-            lengths.update(part.strip(b" \t") for part in value.split(b","))
-        elif lower == b"transfer-encoding":
-            codings = [c.strip().lower() for c in text.split(",") if c.strip()]
+        if lower not in _FRAMING_NAMES:
+            continue
+        if lower == "content-length":
+            lengths.update(part.strip(" \t") for part in value.split(","))
+        elif lower == "transfer-encoding":
+            codings = [c.strip().lower() for c in value.split(",") if c.strip()]
             parsed.chunked = bool(codings) and codings[-1] == "chunked"
             parsed.other_encoding = not parsed.chunked
-        elif lower == b"content-type":
-            parsed.content_type = text.partition(";")[0].strip().lower()
-        elif lower == b"connection":
-            connection.extend(t.strip().lower() for t in text.split(","))
+        elif lower == "content-type":
+            parsed.content_type = value.partition(";")[0].strip().lower()
+        else:
+            connection.extend(t.strip().lower() for t in value.split(","))
     if lengths:
         if len(lengths) != 1:
             raise BadResponse("Content-Length values disagree")
         (length,) = lengths
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise BadResponse(f"Content-Length is not a number: {length[:40]!r}")
         parsed.content_length = int(length)
-    parsed.connection = frozenset(connection)
+    if connection:
+        parsed.connection = frozenset(connection)
 
     return parsed
+
+
+def chunk_size(line: bytes) -> int:
+    """Return the size a chunk line gives; raise BadResponse unless it is hex."""
+    digits = line.partition(b";")[0].rstrip(b" \t") if b";" in line else line
+    # int() alone would take "0x1f", "+1f", "1_f" and spaces.
+    if not digits or len(digits) > 16 or digits.translate(None, HEX_DIGITS):
+        raise BadResponse(f"bad chunk size: {line[:40]!r}")
+    return int(digits, 16)
 
 
 # How an answer's body is framed.
@@ -290,7 +307,9 @@ class Connection(asyncio.Protocol):
         self.pool = pool
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        # A head not yet whole; the tail of a chunk line not yet whole.
+        self.head_buffer = bytearray()
+        self.pending = b""
         self.closed = False
         self.keep_alive = True
         self.idle_since = 0.0
@@ -316,11 +335,13 @@ class Connection(asyncio.Protocol):
             self.keep_alive = False
             self.abort()
             return
-        self.buffer += data
         try:
-            if self.head_waiter is not None and not self.read_head():
-                return
-            self.read_body()
+            if self.head_waiter is not None:
+                rest = self.read_head(data)
+                if rest is None:
+                    return
+                data = rest
+            self.read_body(data)
         except BadResponse as exc:
             self.fail(exc)
 
@@ -345,24 +366,25 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self.head_request = head_request
         self.reply = None
-        self.framing, self.chunk_state = NO_BODY, SIZE_LINE
+        self.framing, self.chunk_state, self.pending = NO_BODY, SIZE_LINE, b""
         waiter: asyncio.Future[Reply] = self.loop.create_future()
         self.head_waiter = waiter
         self.deadline = self.loop.call_at(deadline, self.expire)
         self.transport.write(data)
         return await waiter
 
-    def read_head(self) -> bool:
-        """Parse the head once it is whole; True when the body may follow."""
-        buffer = self.buffer
+    def read_head(self, data: bytes) -> bytes | None:
+        """Parse the head once it is whole; return the bytes after it, or None."""
+        buffer = self.head_buffer
+        # Where the blank line may start: a head that drips in is not rescanned.
+        scan_from = max(0, len(buffer) - 3)
+        buffer += data
         while True:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
+            end = buffer.find(b"\r\n\r\n", scan_from)
+            if end < 0 or end > MAX_HEAD_BYTES:
                 if len(buffer) > MAX_HEAD_BYTES:
                     raise BadResponse("the answer's head is too large")
-                return False
-            if end > MAX_HEAD_BYTES:
-                raise BadResponse("the answer's head is too large")
+                return None
             head = parse_head(bytes(buffer[:end]))
             del buffer[: end + 4]
             if head.status == 101:
@@ -370,6 +392,9 @@ class Connection(asyncio.Protocol):
             # An interim answer (100 Continue, 103 Early Hints): the real one follows.
             if head.status >= 200:
                 break
+            scan_from = 0
+        rest = bytes(buffer)
+        buffer.clear()
         self.keep_alive = head.keep_alive
         if self.head_request or head.status in NO_BODY_STATUSES:
             self.framing = NO_BODY
@@ -388,91 +413,87 @@ class Connection(asyncio.Protocol):
         if not waiter.done():
             waiter.set_result(reply)
 
-        return True
+        return rest
 
-    def read_body(self) -> None:
-        """Hand on what the buffer holds of the body; end the reply when whole."""
+    def read_body(self, data: bytes) -> None:
+        """Hand on what *data* holds of the body; end the reply when whole."""
         reply = self.reply
         assert reply is not None
-        buffer = self.buffer
         framing = self.framing
         if framing == BY_LENGTH:
-            if buffer and self.remaining:
-                if len(buffer) <= self.remaining:
-                    data = bytes(buffer)
-                    buffer.clear()
-                else:
-                    data = bytes(buffer[: self.remaining])
-                    del buffer[: self.remaining]
-                self.remaining -= len(data)
+            remaining = self.remaining
+            if len(data) > remaining:
+                self.keep_alive = False  # bytes past the answer's end
+                data = data[:remaining]
+            if data:
+                self.remaining = remaining = remaining - len(data)
                 reply._push(data)
-            if not self.remaining:
+            if not remaining:
                 self.finish()
         elif framing == CHUNKED:
-            self.read_chunks(reply)
+            self.read_chunks(reply, data)
         elif framing == UNTIL_CLOSE:
-            if buffer:
-                reply._push(bytes(buffer))
-                buffer.clear()
+            if data:
+                reply._push(data)
         else:
+            if data:
+                self.keep_alive = False
             self.finish()
 
-    def read_chunks(self, reply: Reply) -> None:
-        """Decode as much of a chunked body as the buffer holds (RFC 9112 7.1)."""
-        buffer = self.buffer
+    def read_chunks(self, reply: Reply, data: bytes) -> None:
+        """Decode what *data* holds of a chunked body (RFC 9112 7.1)."""
+        if self.pending:
+            # Never more than a chunk line: chunk data is handed on as it comes.
+            data, self.pending = self.pending + data, b""
+        pos, size = 0, len(data)
+        state, remaining = self.chunk_state, self.remaining
         out: list[bytes] = []
-        while buffer:
-            state = self.chunk_state
-            if state in (SIZE_LINE, TRAILERS):
-                end = buffer.find(b"\r\n")
-                if end < 0:
-                    if len(buffer) > MAX_CHUNK_LINE_BYTES:
+        while pos < size:
+            if state == CHUNK_DATA:
+                stop = pos + remaining
+                if stop <= size:
+                    out.append(data[pos:stop])
+                    pos, remaining, state = stop, 0, CHUNK_END
+                else:
+                    out.append(data[pos:])
+                    remaining -= size - pos
+                    pos = size
+            elif state == CHUNK_END:
+                if size - pos < 2:
+                    break
+                if data[pos : pos + 2] != b"\r\n":
+                    raise BadResponse("a chunk does not end in CRLF")
+                pos += 2
+                state = SIZE_LINE
+            else:
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    if size - pos > MAX_CHUNK_LINE_BYTES:
                         raise BadResponse("a chunk line is too long")
                     break
-                line = bytes(buffer[:end])
-                del buffer[: end + 2]
-                if state == TRAILERS:
-                    if not line:
-                        if out:
-                            reply._push(b"".join(out))
-                        self.finish()
-                        return
-                    continue
-                size_text = line.partition(b";")[0].strip(b" \t")
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise BadResponse(f"bad chunk size: {line[:40]!r}") from None
-                if size < 0 or size_text[:1] in b"+-" or b"_" in size_text:
-                    raise BadResponse(f"bad chunk size: {line[:40]!r}")
-                if size == 0:
-                    self.chunk_state = TRAILERS
-                else:
-                    self.chunk_state, self.remaining = CHUNK_DATA, size
-            elif state == CHUNK_DATA:
-                take = min(len(buffer), self.remaining)
-                out.append(bytes(buffer[:take]))
-                del buffer[:take]
-                self.remaining -= take
-                if not self.remaining:
-                    self.chunk_state = CHUNK_END
-            else:
-                if len(buffer) < 2:
-                    break
-                if buffer[:2] != b"\r\n":
-                    raise BadResponse("a chunk does not end in CRLF")
-                del buffer[:2]
-                self.chunk_state = SIZE_LINE
+                line = data[pos:eol]
+                pos = eol + 2
+                if state == SIZE_LINE:
+                    remaining = chunk_size(line)
+                    state = CHUNK_DATA if remaining else TRAILERS
+                elif not line:
+                    # The blank line after the last chunk and its trailers.
+                    if out:
+                        reply._push(out[0] if len(out) == 1 else b"".join(out))
+                    if pos < size:
+                        self.keep_alive = False  # bytes past the answer's end
+                    self.finish()
+                    return
+        self.chunk_state, self.remaining = state, remaining
+        if pos < size:
+            self.pending = data[pos:]
         if out:
             reply._push(out[0] if len(out) == 1 else b"".join(out))
 
     def finish(self) -> None:
         """The answer is whole: stop its clock, and tell its reader."""
         self.stop_deadline()
-        if self.buffer:
-            # Bytes past the end of the answer: not a connection to reuse.
-            self.keep_alive = False
-            self.buffer.clear()
+        self.pending = b""
         assert self.reply is not None
         self.reply._end()
 

@@ -68,6 +68,12 @@ def test_a_head_is_parsed_into_status_headers_and_framing() -> None:
     assert not head.chunked
 
 
+def test_a_status_line_may_go_without_a_reason() -> None:
+    assert parse_head(b"HTTP/1.1 200").reason == ""
+    assert parse_head(b"HTTP/1.1 404 ").reason == ""
+    assert parse_head(b"HTTP/1.1 200 \xe9t\xe9").reason == "\xe9t\xe9"
+
+
 def test_keep_alive_follows_the_version_and_connection_header() -> None:
     assert not parse_head(b"HTTP/1.1 200 OK\r\nConnection: close").keep_alive
     assert not parse_head(b"HTTP/1.0 200 OK").keep_alive
@@ -248,6 +254,9 @@ def test_a_sized_body_decodes_the_same_however_the_reads_split(
         b"+2\r\nab\r\n0\r\n\r\n",
         b"2\r\nabXY0\r\n\r\n",
         b"1_0\r\n" + b"a" * 16 + b"\r\n0\r\n\r\n",
+        b"0x2\r\nab\r\n0\r\n\r\n",
+        b" 2\r\nab\r\n0\r\n\r\n",
+        b"f" * 5000,
     ],
 )
 async def test_a_broken_chunked_body_fails_the_reply(body: bytes) -> None:
