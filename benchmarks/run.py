@@ -36,7 +36,7 @@ if __package__ in (None, ""):
 from benchmarks import benchdb, machine, procs
 from benchmarks.load import LoadResult, run_wrk, write_script
 
-TARGETS = ("direct", "relay", "tallygate", "nginx")
+TARGETS = ("direct", "relay", "relay-http1", "tallygate", "nginx")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
 CHAT_PATH = "/v1/chat/completions"
 # Longer than the recorder's flush interval, with room for a slow batch.
@@ -171,6 +171,17 @@ def start_targets(
             port, tmp, env,
         )  # fmt: skip
         targets.append(Target("relay", port, child))
+    if "relay-http1" in wanted:
+        # The same relay through the gateway's own upstream client: what the
+        # accounting costs apart from the client.
+        port = procs.free_port()
+        child = procs.start_child(
+            "relay-http1",
+            [python, "-m", "benchmarks.relay", "--port", str(port),
+             "--upstream", f"http://127.0.0.1:{up_port}", "--client", "http1"],
+            port, tmp, env,
+        )  # fmt: skip
+        targets.append(Target("relay-http1", port, child))
     if "tallygate" in wanted:
         port = procs.free_port()
         config = write_gateway_config(

@@ -7,16 +7,26 @@ moving parts from rotting between runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
+import pytest
+from aiohttp import web
 
 from benchmarks import load, relay, upstream
 
+# The relay on aiohttp's client, and on the gateway's own.
+RELAYS = pytest.mark.parametrize(
+    "make_relay", [relay.create_app, relay.create_http1_app], ids=["aiohttp", "http1"]
+)
 
+
+@RELAYS
 async def test_relay_forwards_a_plain_completion_with_its_usage(
-    aiohttp_server, aiohttp_client
+    aiohttp_server, aiohttp_client, make_relay: Callable[[str], web.Application]
 ) -> None:
     fake = await aiohttp_server(upstream.create_app(chunks=4))
-    client = await aiohttp_client(relay.create_app(str(fake.make_url(""))))
+    client = await aiohttp_client(make_relay(str(fake.make_url(""))))
 
     resp = await client.post(
         "/v1/chat/completions",
@@ -31,11 +41,12 @@ async def test_relay_forwards_a_plain_completion_with_its_usage(
     )
 
 
+@RELAYS
 async def test_relay_streams_chunks_and_usage_when_asked(
-    aiohttp_server, aiohttp_client
+    aiohttp_server, aiohttp_client, make_relay: Callable[[str], web.Application]
 ) -> None:
     fake = await aiohttp_server(upstream.create_app(chunks=4))
-    client = await aiohttp_client(relay.create_app(str(fake.make_url(""))))
+    client = await aiohttp_client(make_relay(str(fake.make_url(""))))
     request = orjson.loads(load.chat_body(streamed=True))
     request["stream_options"] = {"include_usage": True}
 
