@@ -11,14 +11,7 @@ import pytest
 
 from gateway.config import RecorderSettings
 from gateway.record import UsageRecord, new_request_id
-from gateway.recorder import (
-    ENCODE_SLICE,
-    Recorder,
-    Spool,
-    batch_arguments,
-    encode_batch,
-    write_batch,
-)
+from gateway.recorder import Recorder, Spool, write_batch
 
 T0 = datetime(2030, 3, 1, 12, tzinfo=UTC)
 
@@ -123,16 +116,6 @@ async def spool_records(dsn: str, spool_dir: Path, records: list[UsageRecord]) -
         offline.submit(record)
     await offline.close()
     assert offline.spool_depth == len(records)
-
-
-@pytest.mark.parametrize(
-    "count",
-    [0, 1, ENCODE_SLICE - 1, ENCODE_SLICE, ENCODE_SLICE + 1, 5 * ENCODE_SLICE + 3],
-)
-async def test_a_batch_encoded_in_slices_is_the_batch_encoded_whole(count: int) -> None:
-    records = [make_record(i) for i in range(count)]
-
-    assert await encode_batch(records) == batch_arguments(records)
 
 
 async def test_rows_and_rollup_agree_after_thousands_of_records(
