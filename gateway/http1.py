@@ -225,6 +225,11 @@ class Reply:
         # Read whole: reading never pauses, there is one reader waiting for all.
         self._whole = False
 
+    @property
+    def at_eof(self) -> bool:
+        """Whether the whole body has arrived and been read."""
+        return self._done and not self._pieces
+
     async def readany(self) -> bytes:
         """Return the body bytes that arrived since the last read; b"" at the end."""
         while not self._pieces:

@@ -281,6 +281,7 @@ async def relay_stream(
     elif reply.content_length is not None:
         # The bytes go through unchanged, so the upstream's length holds.
         response.content_length = reply.content_length
+    last = b""
     try:
         waited = perf_counter()
         await response.prepare(request)
@@ -312,20 +313,25 @@ async def relay_stream(
             if not data:
                 break
             out = scanner.feed(data) if scanner is not None else data
+            if reply.at_eof:
+                # The last read: it goes out with the end of the answer, in
+                # one send (the whole answer, when it came in one read).
+                last = out
+                break
             if out:
                 waited = perf_counter()
                 await response.write(out)
                 call.client_s += perf_counter() - waited
         if scanner is not None:
-            tail = scanner.close()
-            if tail:
-                await response.write(tail)
+            last += scanner.close()
             take_stream_usage(call, scanner)
             scanner = None
             # Recorded before the client sees the end, so that a client that
             # reads the stream to its end and then asks the API finds the row.
             record_call(request.app, call)
-        await response.write_eof()
+        waited = perf_counter()
+        await response.write_eof(last)
+        call.client_s += perf_counter() - waited
     except ConnectionResetError:
         call.error = "client_disconnected"
         reply.close()
