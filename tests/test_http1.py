@@ -351,6 +351,13 @@ def answering(*answers: bytes, server: list[Server] | None = None) -> Handler:
     return handle
 
 
+async def never_answering(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """A handler that takes the request and never says a word."""
+    await reader.read()
+
+
 def ok(body: bytes = OK_BODY, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (
         len(body),
@@ -605,12 +612,7 @@ async def test_a_connect_past_its_deadline_is_a_connect_timeout(
 
 
 async def test_an_upstream_that_never_answers_times_out_whole(serve: Callable) -> None:
-    async def handle(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        await reader.read()
-
-    server = await serve(handle)
+    server = await serve(never_answering)
     pool = pool_for(server, timeout_s=0.2)
 
     with pytest.raises(ResponseTimeout):
@@ -677,12 +679,7 @@ async def test_waiting_for_a_connection_counts_against_the_deadline(
 
 
 async def test_a_cancelled_call_drops_its_connection(serve: Callable) -> None:
-    async def handle(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        await reader.read()
-
-    server = await serve(handle)
+    server = await serve(never_answering)
     pool = pool_for(server, max_connections=1)
     task = asyncio.ensure_future(pool.request("POST", url(server), [], b"{}"))
     await asyncio.sleep(0.05)
