@@ -80,6 +80,7 @@ def start_child(
     log_dir: Path,
     env: Mapping[str, str] | None = None,
     startup_s: float = 30.0,
+    cwd: Path = REPO,
 ) -> Child:
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log_file:
@@ -89,7 +90,7 @@ def start_child(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=dict(env) if env is not None else None,
-            cwd=REPO,
+            cwd=cwd,
         )
     child = Child(name, process, port, log_path)
     try:

@@ -1,0 +1,127 @@
+"""
+Two checkouts of the gateway side by side: is a change faster, in one run?
+
+Starts the fake upstream and two gateways on one scratch database, A from
+this checkout and B from ``--other`` (a ``git worktree`` of another commit,
+say), then loads them with wrk in turns whose order rotates every round, and
+prints CPU per call, requests per second and the median p50 / p99 of each,
+with B's ratios to A. On this shared machine an A/B of one checkout against
+itself gave 0.98× over 4 rounds and 0.83× over 2: use 4 rounds or more, and
+repeat a run before believing a difference under 10-15 %.
+
+    git worktree add /tmp/before HEAD~1
+    python -m benchmarks.ab --other /tmp/before --streamed --rounds 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks import benchdb, procs
+from benchmarks.load import run_wrk, write_script
+from benchmarks.run import CHAT_PATH, write_gateway_config
+
+
+def start_gateway(
+    name: str, checkout: Path, port: int, up_port: int, url: str, tmp: Path
+) -> procs.Child:
+    directory = tmp / name
+    directory.mkdir()
+    config = write_gateway_config(directory, port, up_port, url, "WARNING")
+    env = procs.clean_environment()
+    # ``-m gateway`` from the checkout's own directory imports its package.
+    env["PYTHONPATH"] = str(checkout)
+    argv = [procs.PYTHON, "-m", "gateway", "serve", "--config", str(config)]
+    return procs.start_child(
+        name, argv, port, directory, env, startup_s=60, cwd=checkout
+    )
+
+
+async def compare(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="tallygate-ab-"))
+    script = write_script(tmp, args.streamed)
+    children: list[procs.Child] = []
+    url = await benchdb.create_database(args.server)
+    try:
+        up_port = procs.free_port()
+        children.append(
+            procs.start_child(
+                "upstream",
+                [procs.PYTHON, "-m", "benchmarks.upstream", "--port", str(up_port)],
+                up_port,
+                tmp,
+                procs.clean_environment(),
+            )
+        )
+        targets = []
+        for name, checkout in (("A", procs.REPO), ("B", args.other.resolve())):
+            port = procs.free_port()
+            child = start_gateway(name, checkout, port, up_port, url, tmp)
+            children.append(child)
+            targets.append((name, child))
+        await asyncio.sleep(2)  # startup's collection and freeze
+        totals = {name: [0.0, 0, 0.0, [], []] for name, _ in targets}
+        for round_no in range(args.rounds):
+            turn = round_no % len(targets)
+            for name, child in targets[turn:] + targets[:turn]:
+                before = procs.cpu_seconds(child.pid)
+                load = run_wrk(
+                    f"http://127.0.0.1:{child.port}{CHAT_PATH}",
+                    script,
+                    args.connections,
+                    args.duration,
+                )
+                total = totals[name]
+                total[0] += procs.cpu_seconds(child.pid) - before
+                total[1] += load.requests
+                total[2] += load.duration_s
+                total[3].append(load.p50_ms)
+                total[4].append(load.p99_ms)
+        report(totals, args)
+    finally:
+        for child in reversed(children):
+            child.stop()
+        await benchdb.drop_database(args.server, url)
+
+
+def report(totals: dict[str, list], args: argparse.Namespace) -> None:
+    kind = "streamed" if args.streamed else "plain"
+    print(
+        f"{kind}, {args.connections} connections, {args.rounds} rounds of "
+        f"{args.duration:g} s; B is {args.other}"
+    )
+    base: tuple[float, float] | None = None
+    for name, (cpu_s, requests, duration_s, p50s, p99s) in totals.items():
+        cpu_us = cpu_s / requests * 1e6 if requests else 0.0
+        rps = requests / duration_s if duration_s else 0.0
+        if base is None:
+            base = (cpu_us, rps)
+        print(
+            f"{name}: {cpu_us:7.1f} µs/call ({cpu_us / base[0]:.2f}×)  "
+            f"{rps:8,.0f} calls/s ({rps / base[1]:.2f}×)  "
+            f"p50 {statistics.median(p50s):.3f} ms  "
+            f"p99 {statistics.median(p99s):.3f} ms"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--other", type=Path, required=True, help="checkout B")
+    parser.add_argument("--streamed", action="store_true")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds a turn")
+    parser.add_argument("--server", default=benchdb.LOCAL_SERVER, help="PostgreSQL")
+    args = parser.parse_args()
+    if not (args.other / "gateway" / "__init__.py").is_file():
+        parser.error(f"{args.other} is not a tallygate checkout")
+    asyncio.run(compare(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
