@@ -120,8 +120,13 @@ class StreamScanner:
         held = len(self._tail)
         is_holding = self.hide_usage_chunk and not self._oversized
         try:
+            if self.hide_usage_chunk:
+                # The nulls go from the relayed bytes anyway; cut first, the
+                # search for a usage object meets only real ones.
+                data = data.replace(_NULL_USAGE, b"")
             out = self._feed(data)
             if self.hide_usage_chunk:
+                # A null cut in two by a read boundary is whole in *out* now.
                 # Returns *out* itself when there is nothing to cut.
                 out = out.replace(_NULL_USAGE, b"")
             return out
