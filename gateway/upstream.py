@@ -110,9 +110,14 @@ def connection_named(headers: Mapping[str, str]) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=256)
 def names_in_connection(value: str) -> frozenset[str]:
+    return extra_hop_names(frozenset(part.strip().lower() for part in value.split(",")))
+
+
+@functools.lru_cache(maxsize=256)
+def extra_hop_names(tokens: frozenset[str]) -> frozenset[str]:
+    """The header names Connection *tokens* make hop-by-hop besides the usual."""
     # "keep-alive" and "close" are the common values, and name nothing new.
-    named = {part.strip().lower() for part in value.split(",")}
-    return frozenset(named - HOP_BY_HOP - {"close"})
+    return tokens - HOP_BY_HOP - {"close"}
 
 
 # What becomes of a request header, by name (see request_header_kind).
@@ -192,7 +197,7 @@ def headers_for_client(
     *connection* holds the lower-case tokens of the answer's Connection header,
     which name more hop-by-hop headers.
     """
-    named = connection - HOP_BY_HOP - {"close"} if connection else None
+    named = extra_hop_names(connection) if connection else None
     kept = []
     for name, value in headers:
         relayed = response_header_name(name)
