@@ -85,13 +85,29 @@ def start_embedded_server(data_dir: Path) -> str:
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    for kind in ("json", "jsonb"):
-        await conn.set_type_codec(
-            kind,
-            encoder=lambda v: orjson.dumps(v).decode(),
-            decoder=orjson.loads,
-            schema="pg_catalog",
-        )
+    await conn.set_type_codec(
+        "json",
+        encoder=lambda v: orjson.dumps(v).decode(),
+        decoder=orjson.loads,
+        schema="pg_catalog",
+    )
+    # Binary, so that the recorder's binary COPY can carry the tags: a jsonb
+    # value on the wire is a version byte (1) and the JSON text.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+def _encode_jsonb(value: object) -> bytes:
+    return b"\x01" + orjson.dumps(value)
+
+
+def _decode_jsonb(data: bytes) -> object:
+    return orjson.loads(memoryview(data)[1:])
 
 
 # Failures that say the server is not there (yet), as opposed to one that

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -71,11 +72,17 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 NAMES = [name for name, _ in COLUMNS]
 QUOTED = ", ".join(f'"{name}"' for name in NAMES)
 
-# One statement, one round trip: insert what is new; the table's triggers
-# (sql/003, sql/004) add those rows, and only those, to the rollups within the
-# same statement. The batch travels as one JSON text that the server unpacks:
-# encoding it with orjson costs the gateway a fraction of binding 25 typed
-# arrays.
+# A batch goes in as one binary COPY: the triggers of sql/003 and sql/004 see
+# its rows as the statement's transition table and add them to the rollups in
+# the same statement. Binary rows spare the server the text parsing of the
+# JSON statement below (its json input and json_to_recordset cost about 19 of
+# the 36 us per row the server spent there; COPY, 50 vs 65 us per row written
+# with the client's encoding, interleaved) and the gateway the JSON encoding.
+ROW = operator.attrgetter(*NAMES)
+
+# COPY has no ON CONFLICT: a batch holding a row already stored (a replayed
+# segment, a write whose commit was never acknowledged) fails whole, and
+# goes again through this statement, which inserts only what is new.
 BATCH_COLUMNS = ", ".join(f'"{name}" {type_}' for name, type_ in COLUMNS)
 INSERT_BATCH = f"""
 INSERT INTO llm_usage ({QUOTED})
@@ -90,7 +97,9 @@ ON CONFLICT (request_id, "timestamp") DO NOTHING
 REFUSED = (
     asyncpg.DataError,
     asyncpg.IntegrityConstraintViolationError,
-    # An integer past 64 bits cannot even be encoded.
+    # Raised by the client before the value is sent: an integer too large for
+    # its column (COPY) or past 64 bits (JSON).
+    OverflowError,
     orjson.JSONEncodeError,
 )
 
@@ -100,7 +109,7 @@ SEGMENT_MAX_RECORDS = 2_000
 
 
 def batch_arguments(records: list[UsageRecord]) -> list[str]:
-    """The statement's one argument: the records as a JSON array of objects."""
+    """INSERT_BATCH's one argument: the records as a JSON array of objects."""
     return [orjson.dumps(records, default=encode_json).decode()]
 
 
@@ -108,8 +117,19 @@ async def write_batch(
     conn: asyncpg.Connection | asyncpg.Pool, records: list[UsageRecord]
 ) -> int:
     """Store *records*; return how many were new (their rollup follows by trigger)."""
-    # The command tag, "INSERT 0 <rows>", counts exactly the rows stored.
-    status = await conn.execute(INSERT_BATCH, *batch_arguments(records))
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as held:
+            return await write_batch(held, records)
+    # Inside a caller's transaction a failed COPY must not abort it.
+    guard = conn.transaction() if conn.is_in_transaction() else contextlib.nullcontext()
+    try:
+        async with guard:
+            status = await conn.copy_records_to_table(
+                "llm_usage", records=map(ROW, records), columns=NAMES
+            )
+    except asyncpg.UniqueViolationError:
+        status = await conn.execute(INSERT_BATCH, *batch_arguments(records))
+    # The command tag, "COPY <rows>" or "INSERT 0 <rows>", counts the rows stored.
     return int(status.rsplit(" ", 1)[1])
 
 

@@ -146,6 +146,64 @@ async def test_a_batch_written_twice_is_stored_and_counted_once(
     await assert_rollup_matches_rows(db_pool)
 
 
+async def test_a_batch_holding_some_stored_rows_stores_only_the_new_ones(
+    db_pool: asyncpg.Pool,
+) -> None:
+    """COPY refuses the whole batch; the conflict-skipping insert takes it."""
+    stored = [make_record(i) for i in range(20)]
+    await write_batch(db_pool, stored)
+    fresh = [make_record(i) for i in range(20, 50)]
+
+    added = await write_batch(db_pool, [*fresh[:10], *stored[5:8], *fresh[10:]])
+
+    assert added == 30
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 50
+    await assert_rollup_matches_rows(db_pool)
+
+
+async def test_a_conflicting_batch_inside_a_transaction_leaves_it_usable(
+    db_pool: asyncpg.Pool,
+) -> None:
+    stored = [make_record(i) for i in range(5)]
+    await write_batch(db_pool, stored)
+
+    async with db_pool.acquire() as conn, conn.transaction():
+        added = await write_batch(conn, [*stored, make_record(5)])
+        in_transaction = await conn.fetchval("SELECT count(*) FROM llm_usage")
+
+    assert (added, in_transaction) == (1, 6)
+    assert await db_pool.fetchval("SELECT sum(calls) FROM llm_usage_daily") == 6
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"input_tokens": 2**40},  # past integer: refused by the client
+        {"status": 70_000},  # past smallint
+        {"ticker": "NUL\x00"},  # encodable, refused by the server
+        {"tags": {"note": "NUL\x00"}},  # the same inside jsonb
+        {"input_cost_usd": Decimal("1e9")},  # past numeric(20, 12)
+    ],
+    ids=["int", "smallint", "nul", "jsonb-nul", "numeric"],
+)
+async def test_each_kind_of_unstorable_value_costs_only_its_own_record(
+    db_pool: asyncpg.Pool, tmp_path: Path, fields: dict[str, object]
+) -> None:
+    recorder = Recorder(db_pool, RecorderSettings(), tmp_path)
+    await recorder.start()
+    good = [make_record(i) for i in range(6)]
+    bad = make_record(6, **fields)
+
+    for record in [*good[:3], bad, *good[3:]]:
+        recorder.submit(record)
+    await recorder.close()
+
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 6
+    assert bad.request_id.encode() in (tmp_path / "rejected.jsonl").read_bytes()
+    assert recorder.spool_depth == 0
+    await assert_rollup_matches_rows(db_pool)
+
+
 async def test_a_record_the_database_refuses_is_set_aside_and_the_rest_stored(
     db_pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
