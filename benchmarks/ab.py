@@ -4,10 +4,12 @@ Two checkouts of the gateway side by side: is a change faster, in one run?
 Starts the fake upstream and two gateways on one scratch database, A from
 this checkout and B from ``--other`` (a ``git worktree`` of another commit,
 say), then loads them with wrk in turns whose order rotates every round, and
-prints CPU per call, requests per second and the median p50 / p99 of each,
-with B's ratios to A. On this shared machine an A/B of one checkout against
-itself gave 0.98× over 4 rounds and 0.83× over 2: use 4 rounds or more, and
-repeat a run before believing a difference under 10-15 %.
+prints CPU per call (the gateway's, and the PostgreSQL server's while it ran:
+every process of the server, so run nothing else against it), requests per
+second and the median p50 / p99 of each, with B's ratios to A. On this
+shared machine an A/B of one checkout against itself gave 0.98× over 4
+rounds and 0.83× over 2: use 4 rounds or more, and repeat a run before
+believing a difference under 10-15 %.
 
     git worktree add /tmp/before HEAD~1
     python -m benchmarks.ab --other /tmp/before --streamed --rounds 4
@@ -65,11 +67,13 @@ async def compare(args: argparse.Namespace) -> None:
             children.append(child)
             targets.append((name, child))
         await asyncio.sleep(2)  # startup's collection and freeze
-        totals = {name: [0.0, 0, 0.0, [], []] for name, _ in targets}
+        server = await procs.postmaster_pid(url)
+        totals = {name: [0.0, 0, 0.0, [], [], 0.0] for name, _ in targets}
         for round_no in range(args.rounds):
             turn = round_no % len(targets)
             for name, child in targets[turn:] + targets[:turn]:
                 before = procs.cpu_seconds(child.pid)
+                server_before = procs.cpu_seconds(server) if server else 0.0
                 load = run_wrk(
                     f"http://127.0.0.1:{child.port}{CHAT_PATH}",
                     script,
@@ -82,6 +86,10 @@ async def compare(args: argparse.Namespace) -> None:
                 total[2] += load.duration_s
                 total[3].append(load.p50_ms)
                 total[4].append(load.p99_ms)
+                # The last records of a turn are written within a flush.
+                await asyncio.sleep(0.3)
+                if server:
+                    total[5] += procs.cpu_seconds(server) - server_before
         report(totals, args)
     finally:
         for child in reversed(children):
@@ -95,14 +103,16 @@ def report(totals: dict[str, list], args: argparse.Namespace) -> None:
         f"{kind}, {args.connections} connections, {args.rounds} rounds of "
         f"{args.duration:g} s; B is {args.other}"
     )
-    base: tuple[float, float] | None = None
-    for name, (cpu_s, requests, duration_s, p50s, p99s) in totals.items():
+    base: tuple[float, float, float] | None = None
+    for name, (cpu_s, requests, duration_s, p50s, p99s, db_s) in totals.items():
         cpu_us = cpu_s / requests * 1e6 if requests else 0.0
+        db_us = db_s / requests * 1e6 if requests else 0.0
         rps = requests / duration_s if duration_s else 0.0
         if base is None:
-            base = (cpu_us, rps)
+            base = (cpu_us, rps, db_us or 1.0)
         print(
             f"{name}: {cpu_us:7.1f} µs/call ({cpu_us / base[0]:.2f}×)  "
+            f"database {db_us:6.1f} µs/call ({db_us / base[2]:.2f}×)  "
             f"{rps:8,.0f} calls/s ({rps / base[1]:.2f}×)  "
             f"p50 {statistics.median(p50s):.3f} ms  "
             f"p99 {statistics.median(p99s):.3f} ms"

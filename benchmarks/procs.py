@@ -157,6 +157,21 @@ def cpu_seconds(root: int) -> float:
     return ticks / TICKS_PER_S
 
 
+async def postmaster_pid(dsn: str) -> int | None:
+    """The local PostgreSQL server's main process: its backends are children."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+    finally:
+        await conn.close()
+    try:
+        return int(read_stat(backend)[1])
+    except OSError:  # a server on another machine, or in a container
+        return None
+
+
 def status_kib(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
