@@ -1,10 +1,11 @@
 """
 The recorder alone: how many usage rows per second reach PostgreSQL.
 
-Submits records straight to ``gateway.recorder.Recorder`` on a fresh database
-for a bounded time, as fast as the recorder drains them (the producer waits
-while more than a few batches are queued, so nothing overflows to the spool),
-then flushes, and counts what arrived in ``llm_usage`` and in the rollup.
+Builds the records first, then submits them straight to
+``gateway.recorder.Recorder`` on a fresh database for a bounded time, as fast
+as the recorder drains them (the producer waits while more than a few batches
+are queued, so nothing overflows to the spool), then flushes, and counts what
+arrived in ``llm_usage`` and in the rollup.
 
     python -m benchmarks.recorder --seconds 10
 """
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from gateway.record import UsageRecord
 from gateway.recorder import Recorder
 
 TARGET_ROWS_PER_S = 20_000
+# Records are built up front for this many per second of the run.
+RECORDS_PER_S_AT_MOST = 60_000
 PURPOSES = ("decision", "research", "summary", None)
 MODELS = ("gpt-4o-mini", "deepseek-chat")
 
@@ -64,26 +67,35 @@ def template_records() -> list[UsageRecord]:
     ]
 
 
-async def produce(recorder: Recorder, seconds: float, batch_size: int) -> int:
-    """Submit for *seconds*; return how many records were submitted."""
+def build_records(count: int) -> list[UsageRecord]:
+    """*count* distinct records, built before the clock starts: building a
+    record is the proxy's work, not the recorder's."""
     templates = template_records()
+    now = datetime.now(UTC)
+    return [
+        dataclasses.replace(
+            templates[i % len(templates)],
+            request_id=f"tg-{uuid.uuid4().hex}",
+            timestamp=now + timedelta(microseconds=i),
+        )
+        for i in range(count)
+    ]
+
+
+async def produce(
+    recorder: Recorder, records: list[UsageRecord], seconds: float, batch_size: int
+) -> int:
+    """Submit for *seconds* (or until *records* run out); return how many."""
     high_water = batch_size * 4
     submitted = 0
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
+    while time.perf_counter() < deadline and submitted < len(records):
         if recorder.queue_depth >= high_water:
             await asyncio.sleep(0.001)
             continue
-        for _ in range(batch_size):
-            base = templates[submitted % len(templates)]
-            recorder.submit(
-                dataclasses.replace(
-                    base,
-                    request_id=f"tg-{uuid.uuid4().hex}",
-                    timestamp=datetime.now(UTC),
-                )
-            )
-            submitted += 1
+        for record in records[submitted : submitted + batch_size]:
+            recorder.submit(record)
+        submitted = min(len(records), submitted + batch_size)
         # Let the flusher run between bursts, as a busy gateway would.
         await asyncio.sleep(0)
     return submitted
@@ -93,11 +105,12 @@ async def bench(args: argparse.Namespace) -> int:
     async with benchdb.scratch_database(args.server) as url:
         pool = await db.create_pool(url, DatabaseSettings(url=url))
         settings = RecorderSettings(batch_size=args.batch_size)
+        records = build_records(int(args.seconds * RECORDS_PER_S_AT_MOST))
         with tempfile.TemporaryDirectory(prefix="tallygate-recorder-") as tmp:
             recorder = Recorder(pool, settings, Path(tmp) / "spool", Metrics())
             await recorder.start()
             started = time.perf_counter()
-            submitted = await produce(recorder, args.seconds, args.batch_size)
+            submitted = await produce(recorder, records, args.seconds, args.batch_size)
             await recorder.flush()
             elapsed = time.perf_counter() - started
             await recorder.close()
