@@ -14,7 +14,8 @@ Most reads need less even than that. Once the model is known, a read with LF
 line ends only is looked at whole: the events before its first ``[DONE]`` or
 usage token are plain chunks, so they are counted (blank lines and data lines,
 with ``bytes.count``) instead of split and scanned one by one; a read of one
-chunk on one ``data: {`` line needs the usage search alone. This reads the same
+chunk on one ``data: {`` line needs the usage search alone (and, when nothing
+is held, not even the setup of the general path). This reads the same
 as scanning every event because no token holds a line end (each lies within
 one event), blank lines are counted the way ``_event_ends`` pairs them (a
 stretch ending inside a longer run of line ends is left to it), and a read
@@ -117,6 +118,10 @@ class StreamScanner:
         """Scan one read of the stream; return the bytes to relay now."""
         if self._broken or self._closed or not data:
             return data
+        if self.model is not None and not self._tail:
+            out = self._one_plain_chunk(data)
+            if out is not None:
+                return out
         held = len(self._tail)
         is_holding = self.hide_usage_chunk and not self._oversized
         try:
@@ -216,6 +221,29 @@ class StreamScanner:
         elif keep_from < len(buf):
             self._tail = bytearray(memoryview(data)[keep_from:])
 
+        return out
+
+    def _one_plain_chunk(self, data: bytes) -> bytes | None:
+        """
+        The usual read of a chat stream, once the model is known and nothing
+        is held: one chunk on one ``data: {`` line (LF line ends), without a
+        usage object. Count it and return what to relay; None for any other
+        read, which takes the paths below. ``_skip_plain_events`` reads such a
+        read the same way, after more setup than most reads need.
+        """
+        if (
+            self.responses_api
+            or self._oversized
+            or not data.startswith(b"data: {")
+            or data.find(b"\n") != len(data) - 2
+            or not data.endswith(b"\n\n")
+            or b"\r" in data
+        ):
+            return None
+        out = data.replace(_NULL_USAGE, b"") if self.hide_usage_chunk else data
+        if _find_usage_object(out, 0, len(out)) != -1:
+            return None
+        self.chunks_seen += 1
         return out
 
     def _skip_plain_events(self, buf: bytes | bytearray, pos: int, start: int) -> int:

@@ -461,9 +461,12 @@ def test_without_hiding_every_read_is_returned_as_it_came(cuts: list[int]) -> No
 
 
 class FullPathScanner(StreamScanner):
-    """The scanner with the plain-event shortcut off: every event is scanned."""
+    """The scanner with the plain-event shortcuts off: every event is scanned."""
 
     __slots__ = ()
+
+    def _one_plain_chunk(self, data: bytes) -> None:
+        return None
 
     def _skip_plain_events(self, buf, pos: int, start: int) -> int:
         return pos
