@@ -164,12 +164,12 @@ async def postmaster_pid(dsn: str) -> int | None:
     conn = await asyncpg.connect(dsn)
     try:
         backend = await conn.fetchval("SELECT pg_backend_pid()")
-    finally:
-        await conn.close()
-    try:
+        # Read while the backend lives: it exits with the connection.
         return int(read_stat(backend)[1])
     except OSError:  # a server on another machine, or in a container
         return None
+    finally:
+        await conn.close()
 
 
 def status_kib(pid: int, key: str) -> int:
