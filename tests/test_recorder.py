@@ -204,23 +204,6 @@ async def test_each_kind_of_unstorable_value_costs_only_its_own_record(
     await assert_rollup_matches_rows(db_pool)
 
 
-async def test_a_record_the_database_refuses_is_set_aside_and_the_rest_stored(
-    db_pool: asyncpg.Pool, tmp_path: Path
-) -> None:
-    recorder = Recorder(db_pool, RecorderSettings(), tmp_path)
-    await recorder.start()
-    good = [make_record(i) for i in range(9)]
-    bad = make_record(9, input_tokens=2**40)
-
-    for record in [*good[:4], bad, *good[4:]]:
-        recorder.submit(record)
-    await recorder.close()
-
-    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 9
-    assert bad.request_id.encode() in (tmp_path / "rejected.jsonl").read_bytes()
-    assert recorder.spool_depth == 0
-
-
 async def test_a_clean_close_writes_everything_still_waiting(
     db_pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
