@@ -71,29 +71,34 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 NAMES = [name for name, _ in COLUMNS]
 QUOTED = ", ".join(f'"{name}"' for name in NAMES)
-
-# A batch goes in as one binary COPY: the triggers of sql/003 and sql/004 see
-# its rows as the statement's transition table and add them to the rollups in
-# the same statement. Binary rows spare the server the text parsing of the
-# JSON statement below (its json input and json_to_recordset cost about 19 of
-# the 36 us per row the server spent there; COPY, 50 vs 65 us per row written
-# with the client's encoding, interleaved) and the gateway the JSON encoding.
-ROW = operator.attrgetter(*NAMES)
-# asyncpg encodes a row in about 10 us here (7 of them for the three costs:
-# its Decimal to binary numeric is slow), so a batch of a few hundred rows
-# would hold the event loop for milliseconds. The rows are handed over this
-# many at a time, with a turn of the loop between: calls in flight go on.
-ROWS_PER_TURN = 64
-
-# COPY has no ON CONFLICT: a batch holding a row already stored (a replayed
-# segment, a write whose commit was never acknowledged) fails whole, and
-# goes again through this statement, which inserts only what is new.
 BATCH_COLUMNS = ", ".join(f'"{name}" {type_}' for name, type_ in COLUMNS)
+
+# A batch goes in by one of two statements, each one statement per batch; the
+# triggers of sql/003 and sql/004 see its rows as the statement's transition
+# table and add them to the rollups in the same statement.
+#
+# A batch of the recorder keeping up (what one flush interval gathered) goes
+# as one JSON text to INSERT_BATCH: the cheapest for the gateway, whose loop
+# serves the calls (client CPU per row, batches of 40 / 200 / 1,000 rows: 9-10
+# / 7 / 6 us, against 20-23 / 17-19 / 15 for COPY, whose per-batch cost is two
+# round trips and whose Decimal-to-numeric encoding alone is 7 us a row).
+# A full batch (a backlog, a replayed segment) goes as one binary COPY: the
+# cheapest for the server (37 vs 63 us a row at 1,000; the JSON's parsing and
+# json_to_recordset are most of the difference), so a backlog drains fastest.
+COPY_AT_ROWS = 500
+
 INSERT_BATCH = f"""
 INSERT INTO llm_usage ({QUOTED})
 SELECT {QUOTED} FROM json_to_recordset($1::text::json) AS b({BATCH_COLUMNS})
 ON CONFLICT (request_id, "timestamp") DO NOTHING
 """
+
+ROW = operator.attrgetter(*NAMES)
+# asyncpg encodes a row in about 10 us here (7 of them for the three costs),
+# so a COPY of a thousand rows would hold the event loop for 10 ms. The rows
+# are handed over this many at a time, with a turn of the loop between:
+# calls in flight go on.
+ROWS_PER_TURN = 64
 
 # Errors that mean "this batch holds a record the database will never take"
 # (a value out of range, a NUL in text). Every other failure, from a refused
@@ -125,17 +130,27 @@ async def write_batch(
     if isinstance(conn, asyncpg.Pool):
         async with conn.acquire() as held:
             return await write_batch(held, records)
+    if len(records) < COPY_AT_ROWS:
+        status = await conn.execute(INSERT_BATCH, *batch_arguments(records))
+    else:
+        status = await _copy_batch(conn, records)
+    # The command tag, "COPY <rows>" or "INSERT 0 <rows>", counts the rows stored.
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def _copy_batch(conn: asyncpg.Connection, records: list[UsageRecord]) -> str:
+    """COPY *records*; a batch holding a stored row goes by INSERT_BATCH instead."""
     # Inside a caller's transaction a failed COPY must not abort it.
     guard = conn.transaction() if conn.is_in_transaction() else contextlib.nullcontext()
     try:
         async with guard:
-            status = await conn.copy_records_to_table(
+            return await conn.copy_records_to_table(
                 "llm_usage", records=_rows(records), columns=NAMES
             )
+    # COPY has no ON CONFLICT: a batch holding a row already stored (a replayed
+    # segment, a write whose commit was never acknowledged) fails whole.
     except asyncpg.UniqueViolationError:
-        status = await conn.execute(INSERT_BATCH, *batch_arguments(records))
-    # The command tag, "COPY <rows>" or "INSERT 0 <rows>", counts the rows stored.
-    return int(status.rsplit(" ", 1)[1])
+        return await conn.execute(INSERT_BATCH, *batch_arguments(records))
 
 
 async def _rows(records: list[UsageRecord]) -> AsyncIterator[tuple]:

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.config import RecorderSettings
 from gateway.record import UsageRecord, new_request_id
-from gateway.recorder import Recorder, Spool, write_batch
+from gateway.recorder import COPY_AT_ROWS, Recorder, Spool, write_batch
 
 T0 = datetime(2030, 3, 1, 12, tzinfo=UTC)
 
@@ -133,52 +133,62 @@ async def test_rows_and_rollup_agree_after_thousands_of_records(
     await assert_rollup_matches_rows(db_pool)
 
 
+# A batch smaller than COPY_AT_ROWS goes by the JSON statement, a larger one
+# by COPY: each test of write_batch runs through both.
+BOTH_STATEMENTS = pytest.mark.parametrize(
+    "size", [50, COPY_AT_ROWS], ids=["json-insert", "copy"]
+)
+
+
+@BOTH_STATEMENTS
 async def test_a_batch_written_twice_is_stored_and_counted_once(
-    db_pool: asyncpg.Pool,
+    db_pool: asyncpg.Pool, size: int
 ) -> None:
-    batch = [make_record(i) for i in range(50)]
+    batch = [make_record(i) for i in range(size)]
 
     first = await write_batch(db_pool, batch)
     second = await write_batch(db_pool, batch + batch[:3])
 
-    assert (first, second) == (50, 0)
-    assert await db_pool.fetchval("SELECT sum(calls) FROM llm_usage_daily") == 50
+    assert (first, second) == (size, 0)
+    assert await db_pool.fetchval("SELECT sum(calls) FROM llm_usage_daily") == size
     await assert_rollup_matches_rows(db_pool)
 
 
+@BOTH_STATEMENTS
 async def test_a_batch_holding_some_stored_rows_stores_only_the_new_ones(
-    db_pool: asyncpg.Pool,
+    db_pool: asyncpg.Pool, size: int
 ) -> None:
     """COPY refuses the whole batch; the conflict-skipping insert takes it."""
-    stored = [make_record(i) for i in range(20)]
+    stored = [make_record(i) for i in range(size)]
     await write_batch(db_pool, stored)
-    fresh = [make_record(i) for i in range(20, 50)]
+    fresh = [make_record(i) for i in range(size, 2 * size)]
 
     added = await write_batch(db_pool, [*fresh[:10], *stored[5:8], *fresh[10:]])
 
-    assert added == 30
-    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 50
+    assert added == size
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 2 * size
     await assert_rollup_matches_rows(db_pool)
 
 
+@BOTH_STATEMENTS
 async def test_a_conflicting_batch_inside_a_transaction_leaves_it_usable(
-    db_pool: asyncpg.Pool,
+    db_pool: asyncpg.Pool, size: int
 ) -> None:
-    stored = [make_record(i) for i in range(5)]
+    stored = [make_record(i) for i in range(size)]
     await write_batch(db_pool, stored)
 
     async with db_pool.acquire() as conn, conn.transaction():
-        added = await write_batch(conn, [*stored, make_record(5)])
+        added = await write_batch(conn, [*stored, make_record(size)])
         in_transaction = await conn.fetchval("SELECT count(*) FROM llm_usage")
 
-    assert (added, in_transaction) == (1, 6)
-    assert await db_pool.fetchval("SELECT sum(calls) FROM llm_usage_daily") == 6
+    assert (added, in_transaction) == (1, size + 1)
+    assert await db_pool.fetchval("SELECT sum(calls) FROM llm_usage_daily") == size + 1
 
 
 @pytest.mark.parametrize(
     "fields",
     [
-        {"input_tokens": 2**40},  # past integer: refused by the client
+        {"input_tokens": 2**40},  # past integer (COPY: refused by the client)
         {"status": 70_000},  # past smallint
         {"ticker": "NUL\x00"},  # encodable, refused by the server
         {"tags": {"note": "NUL\x00"}},  # the same inside jsonb
@@ -186,19 +196,20 @@ async def test_a_conflicting_batch_inside_a_transaction_leaves_it_usable(
     ],
     ids=["int", "smallint", "nul", "jsonb-nul", "numeric"],
 )
+@BOTH_STATEMENTS
 async def test_each_kind_of_unstorable_value_costs_only_its_own_record(
-    db_pool: asyncpg.Pool, tmp_path: Path, fields: dict[str, object]
+    db_pool: asyncpg.Pool, tmp_path: Path, fields: dict[str, object], size: int
 ) -> None:
     recorder = Recorder(db_pool, RecorderSettings(), tmp_path)
     await recorder.start()
-    good = [make_record(i) for i in range(6)]
-    bad = make_record(6, **fields)
+    good = [make_record(i) for i in range(size)]
+    bad = make_record(size, **fields)
 
     for record in [*good[:3], bad, *good[3:]]:
         recorder.submit(record)
     await recorder.close()
 
-    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 6
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == size
     assert bad.request_id.encode() in (tmp_path / "rejected.jsonl").read_bytes()
     assert recorder.spool_depth == 0
     await assert_rollup_matches_rows(db_pool)
