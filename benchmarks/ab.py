@@ -46,7 +46,7 @@ def start_gateway(
 
 async def compare(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tallygate-ab-"))
-    script = write_script(tmp, args.streamed)
+    script = write_script(tmp, args.streamed, client_usage=args.client_usage)
     children: list[procs.Child] = []
     url = await benchdb.create_database(args.server)
     try:
@@ -123,6 +123,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--other", type=Path, required=True, help="checkout B")
     parser.add_argument("--streamed", action="store_true")
+    parser.add_argument(
+        "--client-usage", action="store_true", help="streams ask for their usage"
+    )
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds a turn")

@@ -38,6 +38,10 @@ from benchmarks.load import LoadResult, run_wrk, write_script
 
 TARGETS = ("direct", "relay", "relay-http1", "tallygate", "nginx")
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
+USAGE_ASKED = {
+    False: "streams do not ask for usage: the gateway asks and hides the chunk",
+    True: "streams ask for usage themselves",
+}
 CHAT_PATH = "/v1/chat/completions"
 # Longer than the recorder's flush interval, with room for a slow batch.
 ROWS_WAIT_S = 15.0
@@ -255,7 +259,10 @@ async def run_cells(
     database_url: str,
     tmp: Path,
 ) -> list[Cell]:
-    scripts = {flag: write_script(tmp, flag) for flag in (False, True)}
+    scripts = {
+        flag: write_script(tmp, flag, client_usage=args.client_usage)
+        for flag in (False, True)
+    }
     cells = [
         Cell(streamed, connections)
         for streamed in (False, True)
@@ -394,7 +401,8 @@ def render(
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with "
         f"`{' '.join(['python -m benchmarks.run', *sys.argv[1:]])}`: "
         f"{args.rounds} interleaved rounds of {args.duration:g} s per cell and "
-        f"target, {args.chunks} content chunks per stream, gateway log level "
+        f"target, {args.chunks} content chunks per stream "
+        f"({USAGE_ASKED[args.client_usage]}), gateway log level "
         f"{args.gateway_log_level}.",
         "",
         *header,
@@ -494,6 +502,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gateway-log-level", default="WARNING",
         help="tallygate's log level (INFO logs a line per call)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--client-usage", action="store_true",
+        help="streams ask for their usage chunk themselves (every target gets it)",
     )  # fmt: skip
     parser.add_argument("--server", default=benchdb.LOCAL_SERVER, help="PostgreSQL")
     parser.add_argument("--output", type=Path, default=RESULTS)
