@@ -6,7 +6,8 @@ this checkout and B from ``--other`` (a ``git worktree`` of another commit,
 say), then loads them with wrk in turns whose order rotates every round, and
 prints CPU per call (the gateway's, and the PostgreSQL server's while it ran:
 every process of the server, so run nothing else against it), requests per
-second and the median p50 / p99 of each, with B's ratios to A. On this
+second, the median p50 / p99 and the hypervisor's steal share of each,
+with B's ratios to A. On this
 shared machine an A/B of one checkout against itself gave 0.98× over 4
 rounds and 0.83× over 2: use 4 rounds or more, and repeat a run before
 believing a difference under 10-15 %.
@@ -24,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import benchdb, procs
+from benchmarks import benchdb, machine, procs
 from benchmarks.load import run_wrk, write_script
 from benchmarks.run import CHAT_PATH, write_gateway_config
 
@@ -68,12 +69,13 @@ async def compare(args: argparse.Namespace) -> None:
             targets.append((name, child))
         await asyncio.sleep(2)  # startup's collection and freeze
         server = await procs.postmaster_pid(url)
-        totals = {name: [0.0, 0, 0.0, [], [], 0.0] for name, _ in targets}
+        totals = {name: [0.0, 0, 0.0, [], [], 0.0, []] for name, _ in targets}
         for round_no in range(args.rounds):
             turn = round_no % len(targets)
             for name, child in targets[turn:] + targets[:turn]:
                 before = procs.cpu_seconds(child.pid)
                 server_before = procs.cpu_seconds(server) if server else 0.0
+                ticks_before = machine.cpu_ticks()
                 load = run_wrk(
                     f"http://127.0.0.1:{child.port}{CHAT_PATH}",
                     script,
@@ -81,6 +83,7 @@ async def compare(args: argparse.Namespace) -> None:
                     args.duration,
                 )
                 total = totals[name]
+                total[6].append(machine.steal_share(ticks_before, machine.cpu_ticks()))
                 total[0] += procs.cpu_seconds(child.pid) - before
                 total[1] += load.requests
                 total[2] += load.duration_s
@@ -104,7 +107,7 @@ def report(totals: dict[str, list], args: argparse.Namespace) -> None:
         f"{args.duration:g} s; B is {args.other}"
     )
     base: tuple[float, float, float] | None = None
-    for name, (cpu_s, requests, duration_s, p50s, p99s, db_s) in totals.items():
+    for name, (cpu_s, requests, duration_s, p50s, p99s, db_s, steals) in totals.items():
         cpu_us = cpu_s / requests * 1e6 if requests else 0.0
         db_us = db_s / requests * 1e6 if requests else 0.0
         rps = requests / duration_s if duration_s else 0.0
@@ -115,7 +118,8 @@ def report(totals: dict[str, list], args: argparse.Namespace) -> None:
             f"database {db_us:6.1f} µs/call ({db_us / base[2]:.2f}×)  "
             f"{rps:8,.0f} calls/s ({rps / base[1]:.2f}×)  "
             f"p50 {statistics.median(p50s):.3f} ms  "
-            f"p99 {statistics.median(p99s):.3f} ms"
+            f"p99 {statistics.median(p99s):.3f} ms  "
+            f"steal {statistics.median(steals):.0%}"
         )
 
 

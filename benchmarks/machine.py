@@ -28,6 +28,24 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, all) clock ticks of every CPU since boot, from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    # user nice system idle iowait irq softirq steal; guest time is in user.
+    ticks = [int(x) for x in fields[:8]]
+    return ticks[7] if len(ticks) > 7 else 0, sum(ticks)
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """
+    The share of CPU time the hypervisor gave to others between two readings
+    of ``cpu_ticks``: on a virtual machine, time a runnable process waited
+    for a CPU that was not there, which lands in the latency tail.
+    """
+    steal, total = after[0] - before[0], after[1] - before[1]
+    return steal / total if total > 0 else 0.0
+
+
 def package_version(name: str) -> str:
     try:
         return metadata.version(name)

@@ -69,6 +69,8 @@ class Sample:
     answered: int
     rows: int | None
     rss_mib: float
+    # The share of CPU time stolen by the hypervisor during the wrk run.
+    steal: float
 
 
 @dataclass
@@ -237,7 +239,9 @@ async def measure(
         await benchdb.count_rows(database_url) if target.name == "tallygate" else 0
     )
     cpu_before = procs.cpu_seconds(target.pid) if target.pid else 0.0
+    ticks_before = machine.cpu_ticks()
     load = await asyncio.to_thread(run_wrk, target.url, script, connections, duration_s)
+    steal = machine.steal_share(ticks_before, machine.cpu_ticks())
     rss = procs.rss_mib(target.pid) if target.pid else 0.0
     # Let calls that were in flight when wrk stopped finish upstream.
     await asyncio.sleep(0.2)
@@ -249,7 +253,7 @@ async def measure(
         # The same idle time for every target, so settling costs all alike.
         await asyncio.sleep(0.2)
     cpu = procs.cpu_seconds(target.pid) - cpu_before if target.pid else 0.0
-    return Sample(load, cpu, answered, rows, rss)
+    return Sample(load, cpu, answered, rows, rss, steal)
 
 
 async def run_cells(
@@ -298,7 +302,7 @@ def describe_sample(number: int, cell: Cell, name: str, sample: Sample) -> str:
     return (
         f"round {number + 1} {cell.label:<20} {name:<10} {load.rps:8.0f} rps "
         f"p50 {load.p50_ms:6.2f} ms p99 {load.p99_ms:6.2f} ms"
-        f"{cpu} errors {load.errors}{rows}"
+        f"{cpu} steal {sample.steal:.0%} errors {load.errors}{rows}"
     )
 
 
@@ -312,6 +316,7 @@ class Summary:
     added_p99_ms: float
     cpu_us: float | None
     rss_mib: float
+    steal: float
     requests: int
     errors: int
     answered: int
@@ -344,6 +349,7 @@ def summarise(cell: Cell, name: str) -> Summary:
             else None
         ),
         rss_mib=max(s.rss_mib for s in samples),
+        steal=statistics.median(s.steal for s in samples),
         requests=requests,
         errors=sum(s.load.errors for s in samples),
         answered=sum(s.answered for s in samples),
@@ -377,6 +383,7 @@ def table_row(cell: Cell, name: str, s: Summary, relay: Summary | None) -> str:
         figure(None if direct else s.added_p99_ms, of("added_p99_ms"), 3),
         figure(s.cpu_us, of("cpu_us"), 0),
         figure(None if direct else s.rss_mib, None, 1),
+        f"{s.steal:.0%}",
         "—" if s.rows is None else f"{s.rows:,} / {s.answered:,}",
     ]
     return "| " + " | ".join(columns) + " |"
@@ -412,11 +419,14 @@ def render(
         "byte of the response (wrk), median of the per-round p50 / p99; *added* "
         "is the target's figure minus the direct run's in the same round. CPU is "
         "utime+stime of the proxy process tree per answered request; RSS is the "
-        "highest VmRSS seen after a cell.",
+        "highest VmRSS seen after a cell. *Steal* is the median share of the "
+        "machine's CPU time the hypervisor gave to other guests while wrk ran "
+        "(`/proc/stat`): time a runnable process waited, which lands in the "
+        "latency tail of whichever target it falls on.",
         "",
         "| cell | target | RPS | p50 ms | p99 ms | added p50 ms | added p99 ms "
-        "| CPU µs/req | RSS MiB | rows / answered |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| CPU µs/req | RSS MiB | steal | rows / answered |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for cell in cells:
         relay = summaries.get((cell.label, "relay"))
