@@ -3,8 +3,10 @@ The recorder: usage records to PostgreSQL in batches, never in the way.
 
 ``submit`` appends to an in-memory queue and returns. One writer task takes a
 batch every ``flush_interval_ms`` (sooner when ``batch_size`` records wait)
-and stores it in one statement that inserts the rows and skips those already
-stored; the table's triggers add the new ones to the daily rollups.
+and stores it in one statement: an insert of the batch as JSON that skips the
+rows already stored or, for a batch of ``COPY_AT_ROWS`` or more, a binary
+COPY that gives way to that insert when it meets a stored row. The table's
+triggers add the new rows to the daily rollups.
 
 When a write fails because the database is away (anything but a record the
 database refuses), the batch goes to the spool: numbered JSON-lines segments
