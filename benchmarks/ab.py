@@ -7,10 +7,9 @@ say), then loads them with wrk in turns whose order rotates every round, and
 prints CPU per call (the gateway's, and the PostgreSQL server's while it ran:
 every process of the server, so run nothing else against it), requests per
 second, the median p50 / p99 and the hypervisor's steal share of each,
-with B's ratios to A. On this
-shared machine an A/B of one checkout against itself gave 0.98× over 4
-rounds and 0.83× over 2: use 4 rounds or more, and repeat a run before
-believing a difference under 10-15 %.
+with B's ratios to A. On this shared machine an A/B of one checkout against
+itself gave 0.98× over 4 rounds and 0.83× over 2: use 4 rounds or more, and
+repeat a run before believing a difference under 10-15 %.
 
     git worktree add /tmp/before HEAD~1
     python -m benchmarks.ab --other /tmp/before --streamed --rounds 4
@@ -23,11 +22,25 @@ import asyncio
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import benchdb, machine, procs
 from benchmarks.load import run_wrk, write_script
 from benchmarks.run import CHAT_PATH, write_gateway_config
+
+
+@dataclass
+class Turns:
+    """What one checkout's turns added up to."""
+
+    cpu_s: float = 0.0
+    requests: int = 0
+    duration_s: float = 0.0
+    database_s: float = 0.0
+    p50s: list[float] = field(default_factory=list)
+    p99s: list[float] = field(default_factory=list)
+    steals: list[float] = field(default_factory=list)
 
 
 def start_gateway(
@@ -69,7 +82,7 @@ async def compare(args: argparse.Namespace) -> None:
             targets.append((name, child))
         await asyncio.sleep(2)  # startup's collection and freeze
         server = await procs.postmaster_pid(url)
-        totals = {name: [0.0, 0, 0.0, [], [], 0.0, []] for name, _ in targets}
+        totals = {name: Turns() for name, _ in targets}
         for round_no in range(args.rounds):
             turn = round_no % len(targets)
             for name, child in targets[turn:] + targets[:turn]:
@@ -82,17 +95,19 @@ async def compare(args: argparse.Namespace) -> None:
                     args.connections,
                     args.duration,
                 )
-                total = totals[name]
-                total[6].append(machine.steal_share(ticks_before, machine.cpu_ticks()))
-                total[0] += procs.cpu_seconds(child.pid) - before
-                total[1] += load.requests
-                total[2] += load.duration_s
-                total[3].append(load.p50_ms)
-                total[4].append(load.p99_ms)
+                turns = totals[name]
+                turns.steals.append(
+                    machine.steal_share(ticks_before, machine.cpu_ticks())
+                )
+                turns.cpu_s += procs.cpu_seconds(child.pid) - before
+                turns.requests += load.requests
+                turns.duration_s += load.duration_s
+                turns.p50s.append(load.p50_ms)
+                turns.p99s.append(load.p99_ms)
                 # The last records of a turn are written within a flush.
                 await asyncio.sleep(0.3)
                 if server:
-                    total[5] += procs.cpu_seconds(server) - server_before
+                    turns.database_s += procs.cpu_seconds(server) - server_before
         report(totals, args)
     finally:
         for child in reversed(children):
@@ -100,26 +115,27 @@ async def compare(args: argparse.Namespace) -> None:
         await benchdb.drop_database(args.server, url)
 
 
-def report(totals: dict[str, list], args: argparse.Namespace) -> None:
+def report(totals: dict[str, Turns], args: argparse.Namespace) -> None:
     kind = "streamed" if args.streamed else "plain"
     print(
         f"{kind}, {args.connections} connections, {args.rounds} rounds of "
         f"{args.duration:g} s; B is {args.other}"
     )
     base: tuple[float, float, float] | None = None
-    for name, (cpu_s, requests, duration_s, p50s, p99s, db_s, steals) in totals.items():
-        cpu_us = cpu_s / requests * 1e6 if requests else 0.0
-        db_us = db_s / requests * 1e6 if requests else 0.0
-        rps = requests / duration_s if duration_s else 0.0
+    for name, turns in totals.items():
+        requests = turns.requests
+        cpu_us = turns.cpu_s / requests * 1e6 if requests else 0.0
+        db_us = turns.database_s / requests * 1e6 if requests else 0.0
+        rps = requests / turns.duration_s if turns.duration_s else 0.0
         if base is None:
             base = (cpu_us, rps, db_us or 1.0)
         print(
             f"{name}: {cpu_us:7.1f} µs/call ({cpu_us / base[0]:.2f}×)  "
             f"database {db_us:6.1f} µs/call ({db_us / base[2]:.2f}×)  "
             f"{rps:8,.0f} calls/s ({rps / base[1]:.2f}×)  "
-            f"p50 {statistics.median(p50s):.3f} ms  "
-            f"p99 {statistics.median(p99s):.3f} ms  "
-            f"steal {statistics.median(steals):.0%}"
+            f"p50 {statistics.median(turns.p50s):.3f} ms  "
+            f"p99 {statistics.median(turns.p99s):.3f} ms  "
+            f"steal {statistics.median(turns.steals):.0%}"
         )
 
 

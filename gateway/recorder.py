@@ -75,9 +75,9 @@ NAMES = [name for name, _ in COLUMNS]
 QUOTED = ", ".join(f'"{name}"' for name in NAMES)
 BATCH_COLUMNS = ", ".join(f'"{name}" {type_}' for name, type_ in COLUMNS)
 
-# A batch goes in by one of two statements, each one statement per batch; the
-# triggers of sql/003 and sql/004 see its rows as the statement's transition
-# table and add them to the rollups in the same statement.
+# A batch goes in as one statement, of one of two kinds; the triggers of
+# sql/003 and sql/004 see its rows as the statement's transition table and
+# add them to the rollups in the same statement.
 #
 # A batch of the recorder keeping up (what one flush interval gathered) goes
 # as one JSON text to INSERT_BATCH: the cheapest for the gateway, whose loop
