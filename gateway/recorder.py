@@ -83,7 +83,7 @@ BATCH_COLUMNS = ", ".join(f'"{name}" {type_}' for name, type_ in COLUMNS)
 # as one JSON text to INSERT_BATCH: the cheapest for the gateway, whose loop
 # serves the calls (client CPU per row, batches of 40 / 200 / 1,000 rows: 9-10
 # / 7 / 6 us, against 20-23 / 17-19 / 15 for COPY, whose per-batch cost is two
-# round trips and whose Decimal-to-numeric encoding alone is 7 us a row).
+# round trips and whose Decimal-to-numeric encoding alone is 8-9 us a row).
 # A full batch (a backlog, a replayed segment) goes as one binary COPY: the
 # cheapest for the server (37 vs 63 us a row at 1,000; the JSON's parsing and
 # json_to_recordset are most of the difference), so a backlog drains fastest.
@@ -96,8 +96,8 @@ ON CONFLICT (request_id, "timestamp") DO NOTHING
 """
 
 ROW = operator.attrgetter(*NAMES)
-# asyncpg encodes a row in about 10 us here (7 of them for the three costs),
-# so a COPY of a thousand rows would hold the event loop for 10 ms. The rows
+# asyncpg encodes a row in 14-19 us here (8-9 of them for the three costs),
+# so a COPY of a thousand rows would hold the event loop for 15 ms. The rows
 # are handed over this many at a time, with a turn of the loop between:
 # calls in flight go on.
 ROWS_PER_TURN = 64
