@@ -410,10 +410,15 @@ class Recorder:
 
     async def _run(self) -> None:
         interval_s = self.settings.flush_interval_ms / 1000
+        loop = asyncio.get_running_loop()
+        # Passes begin one interval apart, however long the last one's write
+        # took, so a record waits at most an interval (plus a write) for its own.
+        due = loop.time() + interval_s
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), interval_s)
+                await asyncio.wait_for(self._wakeup.wait(), max(due - loop.time(), 0))
             self._wakeup.clear()
+            due = loop.time() + interval_s
             try:
                 async with self._lock:
                     await self._pass()
@@ -427,7 +432,7 @@ class Recorder:
         return self.schema_ready is None or self.schema_ready.is_set()
 
     async def _pass(self) -> None:
-        await self._drain()
+        await self._drain(whole=False)
         loop = asyncio.get_running_loop()
         if (
             (self.spool.depth or not self.database_ok)
@@ -438,13 +443,28 @@ class Recorder:
             await self._replay_one()
         await self._sync_spool()
 
-    async def _drain(self) -> None:
+    async def _drain(self, *, whole: bool = True) -> None:
+        """
+        Write (or spool) the queue: all of it, or with ``whole=False`` what
+        waited when the call began. What arrives during a write is then the
+        next pass's batch instead of a statement of its own right after:
+        draining to empty under load wrote ~23-row batches 90 times a second
+        where the interval means ~10 (the database's cost is mostly per
+        statement and per commit).
+        """
         if self._held:
             held, self._held = self._held, []
             self._queue[:0] = held
-        while self._queue:
-            batch = self._queue[: self.settings.batch_size]
+        left = len(self._queue)
+        while self._queue and (whole or left > 0):
+            size = (
+                self.settings.batch_size
+                if whole
+                else min(left, self.settings.batch_size)
+            )
+            batch = self._queue[:size]
             del self._queue[: len(batch)]
+            left -= len(batch)
             if not self.database_ok or not self._schema_is_ready():
                 self._spill(batch)
                 continue

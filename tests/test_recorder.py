@@ -393,6 +393,41 @@ async def test_past_max_queue_records_go_to_the_spool_while_a_write_stalls(
     await assert_rollup_matches_rows(db_pool)
 
 
+async def test_records_arriving_during_a_write_wait_for_the_next_pass(
+    db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    """
+    A pass writes what waited when it began; what arrives meanwhile is the
+    next interval's batch, not a statement of its own right after the first
+    (under load that chain wrote nine small batches where one was due).
+    """
+    recorder = Recorder(db_pool, fast_retries(), tmp_path)
+    blocker = await asyncpg.connect(database_url)
+    locked = blocker.transaction()
+    await locked.start()
+    await blocker.execute("LOCK TABLE llm_usage IN ACCESS EXCLUSIVE MODE")
+    for i in range(10):
+        recorder.submit(make_record(i))
+    one_pass = asyncio.create_task(recorder._pass())
+    await wait_until(lambda: recorder._in_flight != [], "the write to start")
+    for i in range(10, 40):
+        recorder.submit(make_record(i))
+        await asyncio.sleep(0)
+    await locked.rollback()
+    await blocker.close()
+    await one_pass
+
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 10
+    assert recorder.queue_depth == 30
+    await recorder.close()
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 40
+    # Each statement is a transaction of its own: two passes, two statements.
+    assert (
+        await db_pool.fetchval("SELECT count(DISTINCT xmin::text) FROM llm_usage") == 2
+    )
+    await assert_rollup_matches_rows(db_pool)
+
+
 async def test_a_write_cancelled_in_flight_is_spooled_and_stored_once(
     db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
 ) -> None:
