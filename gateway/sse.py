@@ -13,13 +13,15 @@ is therefore parsed once or twice.
 Most reads need less even than that. Once the model is known, a read with LF
 line ends only is looked at whole: the events before its first ``[DONE]`` or
 usage token are plain chunks, so they are counted (blank lines and data lines,
-with ``bytes.count``) instead of split and scanned one by one; a read of one
-chunk on one ``data: {`` line needs the usage search alone (and, when nothing
-is held, not even the setup of the general path). This reads the same
-as scanning every event because no token holds a line end (each lies within
-one event), blank lines are counted the way ``_event_ends`` pairs them (a
-stretch ending inside a longer run of line ends is left to it), and a read
-with a CR, an event over the cap or an unknown model takes the full path.
+with ``bytes.count``) instead of split and scanned one by one. A read that is
+one whole event on one ``data:`` line, when nothing is held, skips the
+general path's setup: a plain chunk needs the usage search alone, and any
+other (the first, the usage chunk, ``[DONE]``) is scanned as it is. This
+reads the same as scanning every event because no token holds a line end
+(each lies within one event), blank lines are counted the way
+``_event_ends`` pairs them (a stretch ending inside a longer run of line ends
+is left to it), and a read with a CR, an event over the cap or an unknown
+model takes the full path.
 
 Where usage sits:
 
@@ -118,13 +120,13 @@ class StreamScanner:
         """Scan one read of the stream; return the bytes to relay now."""
         if self._broken or self._closed or not data:
             return data
-        if self.model is not None and not self._tail:
-            out = self._one_plain_chunk(data)
-            if out is not None:
-                return out
         held = len(self._tail)
         is_holding = self.hide_usage_chunk and not self._oversized
         try:
+            if not held:
+                out = self._one_event(data)
+                if out is not None:
+                    return out
             if self.hide_usage_chunk:
                 # The nulls go from the relayed bytes anyway; cut first, the
                 # search for a usage object meets only real ones.
@@ -223,27 +225,38 @@ class StreamScanner:
 
         return out
 
-    def _one_plain_chunk(self, data: bytes) -> bytes | None:
+    def _one_event(self, data: bytes) -> bytes | None:
         """
-        The usual read of a chat stream, once the model is known and nothing
-        is held: one chunk on one ``data: {`` line (LF line ends), without a
-        usage object. Count it and return what to relay; None for any other
-        read, which takes the paths below. ``_skip_plain_events`` reads such a
-        read the same way, after more setup than most reads need.
+        The usual read of a chat stream, when nothing is held: one whole event
+        on one ``data:`` line (LF line ends). Read it and return what to relay;
+        None for any other read, which takes the paths below.
+
+        A ``data: {`` chunk without a usage object, once the model is known,
+        is only counted (``_skip_plain_events`` reads such a read the same
+        way, after more setup than most reads need). Any other such event (the
+        first, the usage chunk, ``[DONE]``) goes to ``_scan`` as it is: the
+        splitting and holding of ``_feed`` would find the one event this read
+        is and return it or, for a usage chunk to hide, nothing.
         """
         if (
             self.responses_api
             or self._oversized
-            or not data.startswith(b"data: {")
+            or not data.startswith(b"data:")
             or data.find(b"\n") != len(data) - 2
             or not data.endswith(b"\n\n")
             or b"\r" in data
         ):
             return None
         out = data.replace(_NULL_USAGE, b"") if self.hide_usage_chunk else data
-        if _find_usage_object(out, 0, len(out)) != -1:
-            return None
-        self.chunks_seen += 1
+        if (
+            self.model is not None
+            and out.startswith(b"data: {")
+            and _find_usage_object(out, 0, len(out)) == -1
+        ):
+            self.chunks_seen += 1
+            return out
+        if self._scan(out, 0, len(out)) and self.hide_usage_chunk:
+            return b""
         return out
 
     def _skip_plain_events(self, buf: bytes | bytearray, pos: int, start: int) -> int:

@@ -465,7 +465,7 @@ class FullPathScanner(StreamScanner):
 
     __slots__ = ()
 
-    def _one_plain_chunk(self, data: bytes) -> None:
+    def _one_event(self, data: bytes) -> None:
         return None
 
     def _skip_plain_events(self, buf, pos: int, start: int) -> int:
@@ -582,3 +582,26 @@ def test_plain_events_are_counted_without_being_scanned(monkeypatch) -> None:
     # The first chunk (it names the model), the usage chunk and [DONE].
     assert len(scanned) == 3
     assert scanner.chunks_seen == STREAMS["openai_chat_stream_usage_3.sse"][2]
+
+
+def test_a_read_of_one_whole_event_skips_the_general_path(monkeypatch) -> None:
+    fed = []
+    real_feed = StreamScanner._feed
+
+    def counting_feed(self, data):
+        fed.append(data)
+        return real_feed(self, data)
+
+    monkeypatch.setattr(StreamScanner, "_feed", counting_feed)
+    name = "openai_chat_stream_usage_3.sse"
+    body = recorded(name)
+    scanner = StreamScanner(hide_usage_chunk=True)
+
+    relayed = relay(
+        scanner, [event + b"\n\n" for event in body.split(b"\n\n") if event]
+    )
+
+    assert fed == []
+    assert b'"usage":{' not in relayed
+    assert (scanner.usage, scanner.model, scanner.chunks_seen) == STREAMS[name]
+    assert scanner.finished
