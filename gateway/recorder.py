@@ -515,8 +515,7 @@ class Recorder:
         Holding one connection spares each batch the pool's acquire and the
         reset statement its release sends: a round trip per batch.
         """
-        if not self._has_connection():
-            self._conn = await self.pool.acquire()
+        await self._connect()
         try:
             await write_batch(self._conn, batch)
         except REFUSED:
@@ -524,6 +523,10 @@ class Recorder:
         except BaseException:
             await self._release_connection()
             raise
+
+    async def _connect(self) -> None:
+        if not self._has_connection():
+            self._conn = await self.pool.acquire()
 
     def _has_connection(self) -> bool:
         if self._conn is None:
@@ -589,6 +592,18 @@ class Recorder:
             # Nothing spooled: the next batch is the probe.
             self._mark_up()
             return
+        if not self.database_ok:
+            # Connect before the segment is read: while the database is away,
+            # each try read and parsed 2,000 records only to fail, and left
+            # the allocators a few MiB more each time (+9 MiB of RSS in a
+            # 20-second outage at ~4,000 calls/s).
+            try:
+                await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._mark_down(exc)
+                return
         records = await asyncio.to_thread(read_segment, self.spool.path(number))
         try:
             for start in range(0, len(records), self.settings.batch_size):

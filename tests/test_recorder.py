@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from gateway import recorder as recorder_module
 from gateway.config import RecorderSettings
 from gateway.record import UsageRecord, new_request_id
 from gateway.recorder import COPY_AT_ROWS, Recorder, Spool, write_batch
@@ -356,6 +357,29 @@ async def test_new_records_are_written_while_an_old_spool_replays(
 
     assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 4000
     await assert_rollup_matches_rows(db_pool)
+
+
+async def test_while_the_database_is_away_retries_do_not_read_the_spool(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry connects first: a segment is read only to be written."""
+    read = []
+    real_read = recorder_module.read_segment
+
+    def counting_read(path: Path) -> list[UsageRecord]:
+        read.append(path)
+        return real_read(path)
+
+    monkeypatch.setattr(recorder_module, "read_segment", counting_read)
+    recorder = Recorder(await closed_pool(database_url), fast_retries(), tmp_path)
+    await recorder.start()
+    for i in range(10):
+        recorder.submit(make_record(i))
+    await wait_until(lambda: recorder.metrics.write_errors >= 4, "three retries")
+    await recorder.close()
+
+    assert read == []
+    assert recorder.spool_depth == 10
 
 
 async def test_past_max_queue_records_go_to_the_spool_while_a_write_stalls(
