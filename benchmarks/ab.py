@@ -64,16 +64,9 @@ async def compare(args: argparse.Namespace) -> None:
     children: list[procs.Child] = []
     url = await benchdb.create_database(args.server)
     try:
-        up_port = procs.free_port()
-        children.append(
-            procs.start_child(
-                "upstream",
-                [procs.PYTHON, "-m", "benchmarks.upstream", "--port", str(up_port)],
-                up_port,
-                tmp,
-                procs.clean_environment(),
-            )
-        )
+        upstream = procs.start_upstream(tmp)
+        children.append(upstream)
+        up_port = upstream.port
         targets = []
         for name, checkout in (("A", procs.REPO), ("B", args.other.resolve())):
             port = procs.free_port()

@@ -32,8 +32,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
-
 from benchmarks import benchdb, machine, procs
 from benchmarks.load import run_wrk, write_script
 from benchmarks.run import CHAT_PATH, write_gateway_config
@@ -115,14 +113,6 @@ def start_target(name: str, tmp: Path, up_port: int, database_url: str) -> procs
     )
 
 
-async def count_rows(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetchval("SELECT count(*) FROM llm_usage")
-    finally:
-        await conn.close()
-
-
 async def measure(args: argparse.Namespace) -> list[Window]:
     tmp = Path(tempfile.mkdtemp(prefix="tallygate-callgrind-"))
     scripts = {s: write_script(tmp, s) for s in (False, True)}
@@ -130,16 +120,9 @@ async def measure(args: argparse.Namespace) -> list[Window]:
     children: list[procs.Child] = []
     windows: list[Window] = []
     try:
-        up_port = procs.free_port()
-        children.append(
-            procs.start_child(
-                "upstream",
-                [procs.PYTHON, "-m", "benchmarks.upstream", "--port", str(up_port)],
-                up_port,
-                tmp,
-                procs.clean_environment(),
-            )
-        )
+        upstream = procs.start_upstream(tmp)
+        children.append(upstream)
+        up_port = upstream.port
         for name in args.targets:
             child = start_target(name, tmp, up_port, url)
             children.append(child)
@@ -147,7 +130,9 @@ async def measure(args: argparse.Namespace) -> list[Window]:
             for streamed in (False, True):
                 run_wrk(target_url, scripts[streamed], 1, WARMUP_S)
                 await asyncio.sleep(SETTLE_S)
-                rows_before = await count_rows(url) if name == "tallygate" else 0
+                rows_before = (
+                    await benchdb.count_rows(url) if name == "tallygate" else 0
+                )
                 before = dumps(tmp, name, child.pid)
                 control(child.pid, "--zero")
                 control(child.pid, "--instr=on")
@@ -159,7 +144,7 @@ async def measure(args: argparse.Namespace) -> list[Window]:
                 window = Window(name, streamed, load.requests, total)
                 if name == "tallygate":
                     await asyncio.sleep(1.0)
-                    window.rows = await count_rows(url) - rows_before
+                    window.rows = await benchdb.count_rows(url) - rows_before
                 windows.append(window)
                 print(describe(window), flush=True)
             child.stop(timeout_s=60)

@@ -111,12 +111,9 @@ def read_depths(port: int) -> tuple[float, float]:
 def run_outage(args: argparse.Namespace, tmp: Path, server: ThrowawayServer) -> int:
     database_url = asyncio.run(benchdb.create_database(server.url))
     env = procs.clean_environment()
-    up_port, gw_port = procs.free_port(), procs.free_port()
-    upstream = procs.start_child(
-        "upstream",
-        [procs.PYTHON, "-m", "benchmarks.upstream", "--port", str(up_port)],
-        up_port, tmp, env,
-    )  # fmt: skip
+    gw_port = procs.free_port()
+    upstream = procs.start_upstream(tmp)
+    up_port = upstream.port
     config = write_gateway_config(tmp, gw_port, up_port, database_url, "WARNING")
     gateway = procs.start_child(
         "tallygate",

@@ -102,6 +102,13 @@ def start_child(
     return child
 
 
+def start_upstream(log_dir: Path, *options: str) -> Child:
+    """The fake upstream (``benchmarks.upstream``) on a free port."""
+    port = free_port()
+    argv = [PYTHON, "-m", "benchmarks.upstream", "--port", str(port), *options]
+    return start_child("upstream", argv, port, log_dir, clean_environment())
+
+
 def clean_environment() -> dict[str, str]:
     """This environment without settings that would reconfigure the gateway."""
     classic = {

@@ -62,12 +62,9 @@ def profile_target(args: argparse.Namespace, url: str) -> None:
     with tempfile.TemporaryDirectory(prefix="tallygate-profile-") as name:
         tmp = Path(name)
         env = procs.clean_environment()
-        up_port, gw_port = procs.free_port(), procs.free_port()
-        upstream = procs.start_child(
-            "upstream",
-            [procs.PYTHON, "-m", "benchmarks.upstream", "--port", str(up_port)],
-            up_port, tmp, env,
-        )  # fmt: skip
+        gw_port = procs.free_port()
+        upstream = procs.start_upstream(tmp)
+        up_port = upstream.port
         if args.target == "relay":
             argv = [procs.PYTHON, "-m", "benchmarks.relay", "--port", str(gw_port),
                     "--upstream", f"http://127.0.0.1:{up_port}"]  # fmt: skip

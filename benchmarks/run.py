@@ -159,13 +159,8 @@ def start_targets(
 ) -> tuple[procs.Child, list[Target]]:
     env = procs.clean_environment()
     python = procs.PYTHON
-    up_port = procs.free_port()
-    upstream = procs.start_child(
-        "upstream",
-        [python, "-m", "benchmarks.upstream", "--port", str(up_port),
-         "--chunks", str(args.chunks)],
-        up_port, tmp, env,
-    )  # fmt: skip
+    upstream = procs.start_upstream(tmp, "--chunks", str(args.chunks))
+    up_port = upstream.port
     targets = [Target("direct", up_port)]
     wanted = set(args.targets)
     if "relay" in wanted:
