@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from benchmarks import load, relay, upstream
+from benchmarks import load, relay, run, upstream
 
 # The relay on aiohttp's client, and on the gateway's own.
 RELAYS = pytest.mark.parametrize(
@@ -80,3 +80,39 @@ def test_wrk_script_carries_the_body_and_prints_a_summary(tmp_path) -> None:
 
     assert '"stream":true' in script
     assert load.MARK in script
+
+
+def one_connection_summary(added_p99_ms: float) -> run.Summary:
+    return run.Summary(
+        rps=1000.0,
+        rps_spread=0.0,
+        p50_ms=0.5,
+        p99_ms=2.0,
+        added_p50_ms=0.3,
+        added_p99_ms=added_p99_ms,
+        cpu_us=300.0,
+        rss_mib=60.0,
+        steal=0.0,
+        requests=1000,
+        errors=0,
+        answered=1000,
+        rows=1000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("gateway_ms", "relay_ms", "verdict"),
+    [(1.0, 1.0, True), (1.2, 1.0, False), (0.5, -0.2, False), (-0.4, -0.2, None)],
+)
+def test_the_added_p99_verdict_says_when_the_run_cannot_tell(
+    gateway_ms: float, relay_ms: float, verdict: bool | None
+) -> None:
+    cell = run.Cell(streamed=False, connections=1)
+    summaries = {
+        (cell.label, "tallygate"): one_connection_summary(gateway_ms),
+        (cell.label, "relay"): one_connection_summary(relay_ms),
+    }
+
+    checks = {what: ok for what, _, ok in run.check_targets([cell], summaries, {})}
+
+    assert checks["latency added p99 ≤ 1.1× relay (plain, 1 conn)"] is verdict
