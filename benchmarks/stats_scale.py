@@ -231,16 +231,17 @@ async def bench(args: argparse.Namespace) -> int:
         small_s = await load_rows(small_url, 1, args.small, args.days)
         print(f"loading {args.rows:,} rows")
         large_s = await load_rows(large_url, 2, args.rows, args.days)
+        urls = {args.small: small_url, args.rows: large_url}
         with tempfile.TemporaryDirectory(prefix="tallygate-stats-") as name:
             tmp = Path(name)
             gateways = {}
             try:
-                for stored, url in ((args.small, small_url), (args.rows, large_url)):
+                for stored, url in urls.items():
                     gateways[stored] = await asyncio.to_thread(start_gateway, tmp, url)
                 ports = {stored: child.port for stored, child in gateways.items()}
                 print("as loaded:")
                 loaded = await asyncio.to_thread(measure, ports, args.repeats)
-                for stored, url in ((args.small, small_url), (args.rows, large_url)):
+                for stored, url in urls.items():
                     print(f"  {stored:,} rows: {await vacuum_rollups(url)}")
                 print("vacuumed:")
                 vacuumed = await asyncio.to_thread(measure, ports, args.repeats)
