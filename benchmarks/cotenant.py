@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -72,12 +71,11 @@ async def one_round(
 ) -> None:
     """The gateway first (its database's share sets the co-tenant's), then
     the other three in an order that rotates with *number*."""
-    before, started = procs.cpu_seconds(server), time.monotonic()
     gateway = await measure(
-        targets["tallygate"], script, 1, args.duration, upstream_port, url
+        targets["tallygate"], script, 1, args.duration, upstream_port, url, server
     )
-    # measure() waits for the rows, so the batch work of the run is in.
-    share = (procs.cpu_seconds(server) - before) / (time.monotonic() - started)
+    # The database's CPU over the wrk run, the run's last batch included.
+    share = (gateway.database_s or 0.0) / gateway.load.duration_s
     samples["tallygate"].append(gateway)
     shares.append(share)
     others = ["direct", "relay", "relay + co-tenant"]

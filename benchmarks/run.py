@@ -71,6 +71,8 @@ class Sample:
     rss_mib: float
     # The share of CPU time stolen by the hypervisor during the wrk run.
     steal: float
+    # CPU of every process of the database server, for tallygate's runs.
+    database_s: float | None = None
 
 
 @dataclass
@@ -227,12 +229,17 @@ async def measure(
     duration_s: float,
     upstream_port: int,
     database_url: str,
+    server: int | None = None,
 ) -> Sample:
-    """One wrk run against *target*, with the proxy's CPU, RSS and rows."""
+    """
+    One wrk run against *target*, with the proxy's CPU, RSS and rows, and
+    for tallygate the CPU of the database *server* (the postmaster's pid).
+    """
     answered_before = upstream_count(upstream_port)
-    rows_before = (
-        await benchdb.count_rows(database_url) if target.name == "tallygate" else 0
-    )
+    accounted = target.name == "tallygate"
+    rows_before = await benchdb.count_rows(database_url) if accounted else 0
+    server = server if accounted else None
+    database_before = procs.cpu_seconds(server) if server else 0.0
     cpu_before = procs.cpu_seconds(target.pid) if target.pid else 0.0
     ticks_before = machine.cpu_ticks()
     load = await asyncio.to_thread(run_wrk, target.url, script, connections, duration_s)
@@ -242,13 +249,15 @@ async def measure(
     await asyncio.sleep(0.2)
     answered = upstream_count(upstream_port) - answered_before
     rows = None
-    if target.name == "tallygate":
+    if accounted:
         rows = await wait_for_rows(database_url, rows_before, answered)
     else:
         # The same idle time for every target, so settling costs all alike.
         await asyncio.sleep(0.2)
     cpu = procs.cpu_seconds(target.pid) - cpu_before if target.pid else 0.0
-    return Sample(load, cpu, answered, rows, rss, steal)
+    # Read once the rows are in, so the run's last batch is counted too.
+    database = procs.cpu_seconds(server) - database_before if server else None
+    return Sample(load, cpu, answered, rows, rss, steal, database)
 
 
 async def run_cells(
@@ -257,6 +266,7 @@ async def run_cells(
     upstream_port: int,
     database_url: str,
     tmp: Path,
+    server: int | None,
 ) -> list[Cell]:
     scripts = {
         flag: write_script(tmp, flag, client_usage=args.client_usage)
@@ -281,7 +291,7 @@ async def run_cells(
             for target in order:
                 sample = await measure(
                     target, scripts[cell.streamed], cell.connections,
-                    args.duration, upstream_port, database_url,
+                    args.duration, upstream_port, database_url, server,
                 )  # fmt: skip
                 cell.samples[target.name].append(sample)
                 print(describe_sample(number, cell, target.name, sample), flush=True)
@@ -316,6 +326,10 @@ class Summary:
     errors: int
     answered: int
     rows: int | None
+    # The database server's CPU per answered call, and as a share of one core
+    # over the wrk runs: tallygate only.
+    database_us: float | None = None
+    database_share: float | None = None
 
 
 def summarise(cell: Cell, name: str) -> Summary:
@@ -331,6 +345,9 @@ def summarise(cell: Cell, name: str) -> Summary:
         s.load.p99_ms - d.load.p99_ms for s, d in zip(samples, direct, strict=True)
     ]
     rows = [s.rows for s in samples]
+    database = [s.database_s for s in samples if s.database_s is not None]
+    answered = sum(s.answered for s in samples)
+    seconds = sum(s.load.duration_s for s in samples)
     return Summary(
         rps=statistics.median(rps),
         rps_spread=(max(rps) - min(rps)) / statistics.median(rps) if rps[0] else 0.0,
@@ -347,8 +364,10 @@ def summarise(cell: Cell, name: str) -> Summary:
         steal=statistics.median(s.steal for s in samples),
         requests=requests,
         errors=sum(s.load.errors for s in samples),
-        answered=sum(s.answered for s in samples),
+        answered=answered,
         rows=None if rows[0] is None else sum(r or 0 for r in rows),
+        database_us=sum(database) / answered * 1e6 if database and answered else None,
+        database_share=sum(database) / seconds if database and seconds else None,
     )
 
 
@@ -431,6 +450,25 @@ def render(
     lines += ["", "Peak RSS (VmHWM) over the whole run: " + ", ".join(
         f"{name} {value:.1f} MiB" for name, value in peaks.items()
     ) + ".", ""]  # fmt: skip
+    database = [
+        (cell.label, s)
+        for cell in cells
+        if (s := summaries.get((cell.label, "tallygate"))) and s.database_us
+    ]
+    if database:
+        lines += [
+            "The database's CPU while tallygate ran (every process of the local "
+            "PostgreSQL server: the batch inserts and their rollup triggers; not "
+            "in the CPU column, on the same cores): "
+            + "; ".join(
+                f"{label} {s.database_us:.0f} µs per call, "
+                f"{s.database_share:.1%} of a core"
+                for label, s in database
+            )
+            + ". `python -m benchmarks.cotenant` runs the relay beside a busy "
+            "loop that burns as much.",
+            "",
+        ]
     checks = list(check_targets(cells, summaries, peaks))
     if checks:
         lines += [
@@ -542,7 +580,10 @@ async def main_async(args: argparse.Namespace) -> int:
             upstream, targets = start_targets(args, tmp, database_url)
             children = [upstream] + [t.child for t in targets if t.child]
             try:
-                cells = await run_cells(args, targets, upstream.port, database_url, tmp)
+                server = await procs.postmaster_pid(database_url)
+                cells = await run_cells(
+                    args, targets, upstream.port, database_url, tmp, server
+                )
                 peaks = {t.name: procs.peak_rss_mib(t.pid) for t in targets if t.pid}
             finally:
                 for child in reversed(children):

@@ -116,3 +116,21 @@ def test_the_added_p99_verdict_says_when_the_run_cannot_tell(
     checks = {what: ok for what, _, ok in run.check_targets([cell], summaries, {})}
 
     assert checks["latency added p99 ≤ 1.1× relay (plain, 1 conn)"] is verdict
+
+
+def a_sample(requests: int, seconds: float, database_s: float | None) -> run.Sample:
+    result = load.LoadResult(requests, seconds, 0, 1.0, 1.5, 2.0, 1.1, 3.0)
+    return run.Sample(result, 0.5, requests, requests, 60.0, 0.0, database_s)
+
+
+def test_the_database_cpu_is_summed_per_call_and_per_second_of_load() -> None:
+    cell = run.Cell(streamed=False, connections=1)
+    cell.samples["direct"] = [a_sample(4000, 4.0, None), a_sample(4000, 4.0, None)]
+    cell.samples["tallygate"] = [a_sample(1000, 4.0, 0.1), a_sample(3000, 4.0, 0.3)]
+
+    summary = run.summarise(cell, "tallygate")
+    direct = run.summarise(cell, "direct")
+
+    assert summary.database_us == pytest.approx(100.0)  # 0.4 s over 4,000 calls
+    assert summary.database_share == pytest.approx(0.05)  # 0.4 s over 8 s
+    assert (direct.database_us, direct.database_share) == (None, None)
