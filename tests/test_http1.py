@@ -21,6 +21,7 @@ import uvloop
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import http1
 from gateway.http1 import (
     BadResponse,
     CannotConnect,
@@ -31,6 +32,7 @@ from gateway.http1 import (
     Pool,
     Reply,
     ResponseTimeout,
+    chunk_size,
     parse_head,
 )
 
@@ -244,6 +246,35 @@ def test_a_sized_body_decodes_the_same_however_the_reads_split(
         return await reply.read()
 
     assert asyncio.run(run()) == body
+
+
+@given(
+    size=st.integers(0, 2**64 - 1),
+    upper=st.booleans(),
+    extension=st.sampled_from([b"", b";name=value", b" \t;x"]),
+)
+def test_a_chunk_line_read_again_gives_the_size_it_gave_first(
+    size: int, upper: bool, extension: bytes
+) -> None:
+    digits = (b"%X" if upper else b"%x") % size
+    line = digits + extension
+
+    assert chunk_size(line) == chunk_size(bytes(line)) == size
+
+
+@pytest.mark.parametrize("line", [b"zz", b"0x2", b" 2", b"1_0", b"+2", b""])
+def test_a_bad_chunk_line_is_refused_every_time_it_comes(line: bytes) -> None:
+    for _ in range(3):
+        with pytest.raises(BadResponse):
+            chunk_size(line)
+    assert line not in http1._CHUNK_SIZES
+
+
+def test_the_chunk_lines_remembered_stop_at_their_bound() -> None:
+    for size in range(http1.MAX_CACHED_CHUNK_LINES + 50):
+        assert chunk_size(b"%x;n=%d" % (size, size)) == size
+
+    assert len(http1._CHUNK_SIZES) == http1.MAX_CACHED_CHUNK_LINES
 
 
 @pytest.mark.parametrize(
