@@ -270,6 +270,13 @@ def test_a_bad_chunk_line_is_refused_every_time_it_comes(line: bytes) -> None:
     assert line not in http1._CHUNK_SIZES
 
 
+def test_a_long_chunk_line_is_read_but_not_remembered() -> None:
+    line = b"1f;" + b"x" * http1.MAX_CACHED_CHUNK_LINE_BYTES
+
+    assert chunk_size(line) == 31
+    assert line not in http1._CHUNK_SIZES
+
+
 def test_the_chunk_lines_remembered_stop_at_their_bound() -> None:
     for size in range(http1.MAX_CACHED_CHUNK_LINES + 50):
         assert chunk_size(b"%x;n=%d" % (size, size)) == size
