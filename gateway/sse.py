@@ -244,7 +244,9 @@ class StreamScanner:
             or not data.startswith(b"data:")
             or data.find(b"\n") != len(data) - 2
             or not data.endswith(b"\n\n")
-            or b"\r" in data
+            # find, not ``in``: a bytes ``in`` first tries its operand as an
+            # int, which costs it twice the time of the search here.
+            or data.find(b"\r") != -1
         ):
             return None
         out = data.replace(_NULL_USAGE, b"") if self.hide_usage_chunk else data
