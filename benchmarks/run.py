@@ -486,6 +486,13 @@ def render(
 VERDICTS = {True: "met", False: "**not met**", None: "undecided"}
 
 
+def ratio(value: float, limit: float) -> str:
+    """*value* as a ratio, with a third digit where two would round onto *limit*."""
+    if f"{value:.2f}" == f"{limit:.2f}" and value != limit:
+        return f"{value:.3f}×"
+    return f"{value:.2f}×"
+
+
 def check_targets(
     cells: list[Cell],
     summaries: dict[tuple[str, str], Summary],
@@ -507,7 +514,7 @@ def check_targets(
             r = gw.cpu_us / relay.cpu_us
             yield (
                 f"CPU per call ≤ 1.2× relay ({cell.label})",
-                f"{gw.cpu_us:.0f} vs {relay.cpu_us:.0f} µs = {r:.2f}×",
+                f"{gw.cpu_us:.0f} vs {relay.cpu_us:.0f} µs = {ratio(r, 1.2)}",
                 r <= 1.2,
             )
         if cell.connections == 1:
@@ -517,7 +524,7 @@ def check_targets(
                 what = f"latency added {pct} ≤ 1.1× relay ({cell.label})"
                 if b > 0:
                     r = g / b
-                    yield what, f"{g:.3f} vs {b:.3f} ms = {r:.2f}×", r <= 1.1
+                    yield what, f"{g:.3f} vs {b:.3f} ms = {ratio(r, 1.1)}", r <= 1.1
                 elif g > 0:
                     yield what, f"{g:.3f} vs {b:.3f} ms: the relay added none", False
                 else:
@@ -527,7 +534,7 @@ def check_targets(
             r = gw.rps / relay.rps
             yield (
                 f"RPS ≥ 0.9× relay ({cell.label})",
-                f"{gw.rps:,.0f} vs {relay.rps:,.0f} = {r:.2f}×",
+                f"{gw.rps:,.0f} vs {relay.rps:,.0f} = {ratio(r, 0.9)}",
                 r >= 0.9,
             )
             yield (

@@ -134,3 +134,18 @@ def test_the_database_cpu_is_summed_per_call_and_per_second_of_load() -> None:
     assert summary.database_us == pytest.approx(100.0)  # 0.4 s over 4,000 calls
     assert summary.database_share == pytest.approx(0.05)  # 0.4 s over 8 s
     assert (direct.database_us, direct.database_share) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("value", "limit", "shown"),
+    [
+        (0.8985, 0.9, "0.898×"),
+        (0.9, 0.9, "0.90×"),
+        (0.93, 0.9, "0.93×"),
+        (1.1049, 1.1, "1.105×"),
+    ],
+)
+def test_a_ratio_next_to_its_limit_shows_which_side_it_is_on(
+    value: float, limit: float, shown: str
+) -> None:
+    assert run.ratio(value, limit) == shown
