@@ -32,7 +32,7 @@ from pathlib import Path
 
 from benchmarks import benchdb, procs
 from benchmarks.load import write_script
-from benchmarks.run import Sample, Target, measure, start_targets
+from benchmarks.run import Cell, Sample, Target, measure, start_targets, summarise
 from gateway.config import RecorderSettings
 
 # A busy loop of BUSY seconds every PERIOD seconds, until killed.
@@ -100,40 +100,33 @@ async def one_round(
 
 def report(kind: str, samples: dict[str, list[Sample]], shares: list[float]) -> bool:
     """Print the table for one kind; return whether every call was stored."""
-    direct = samples["direct"]
-    added: dict[str, tuple[float, float]] = {}
+    # The same medians of per-round figures as benchmarks.run's table.
+    cell = Cell(streamed=kind == "streamed", connections=1, samples=samples)
+    summaries = {name: summarise(cell, name) for name in ROWS}
     print(
-        f"\n{kind}, 1 connection, {len(direct)} rounds; the database burned "
-        f"{statistics.median(shares):.1%} of a core (median; "
+        f"\n{kind}, 1 connection, {len(samples['direct'])} rounds; the database "
+        f"burned {statistics.median(shares):.1%} of a core (median; "
         f"{min(shares):.1%}-{max(shares):.1%})"
     )
     print(f"{'':18} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10}")
-    for name in ROWS:
-        runs = samples[name]
-        p50 = statistics.median(s.load.p50_ms for s in runs)
-        p99 = statistics.median(s.load.p99_ms for s in runs)
-        if name == "direct":
-            print(f"{name:18} {p50:8.3f} {p99:8.3f}")
-            continue
-        pairs = list(zip(runs, direct, strict=True))
-        add50 = statistics.median(s.load.p50_ms - d.load.p50_ms for s, d in pairs)
-        add99 = statistics.median(s.load.p99_ms - d.load.p99_ms for s, d in pairs)
-        added[name] = (add50, add99)
-        print(f"{name:18} {p50:8.3f} {p99:8.3f} {add50:10.3f} {add99:10.3f}")
-    gateway = added["tallygate"]
+    for name, s in summaries.items():
+        added = (
+            ""
+            if name == "direct"
+            else (f" {s.added_p50_ms:10.3f} {s.added_p99_ms:10.3f}")
+        )
+        print(f"{name:18} {s.p50_ms:8.3f} {s.p99_ms:8.3f}{added}")
+    gateway = summaries["tallygate"]
     for base in ("relay", "relay + co-tenant"):
         ratios = [
-            f"{g / b:.2f}×" if b > 0 else "—"
-            for g, b in zip(gateway, added[base], strict=True)
+            f"{getattr(gateway, f) / getattr(summaries[base], f):.2f}×"
+            if getattr(summaries[base], f) > 0
+            else "—"
+            for f in ("added_p50_ms", "added_p99_ms")
         ]
         print(f"tallygate's added p50 / p99 against {base}: {' / '.join(ratios)}")
-    stored = all(
-        s.rows == s.answered and not s.load.errors for s in samples["tallygate"]
-    )
-    rows = sum(s.rows or 0 for s in samples["tallygate"])
-    answered = sum(s.answered for s in samples["tallygate"])
-    print(f"tallygate rows {rows:,} / {answered:,} answered")
-    return stored
+    print(f"tallygate rows {gateway.rows:,} / {gateway.answered:,} answered")
+    return gateway.rows == gateway.answered and not gateway.errors
 
 
 async def main_async(args: argparse.Namespace) -> int:
