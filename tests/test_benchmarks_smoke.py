@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from benchmarks import load, relay, run, upstream
+from benchmarks import load, relay, run, upstream, wakeups
 
 # The relay on aiohttp's client, and on the gateway's own.
 RELAYS = pytest.mark.parametrize(
@@ -149,3 +149,61 @@ def test_a_ratio_next_to_its_limit_shows_which_side_it_is_on(
     value: float, limit: float, shown: str
 ) -> None:
     assert run.ratio(value, limit) == shown
+
+
+# perf sched timehist's layout: each line ends a run, on a core, after the
+# task's wait, scheduling delay and run time (ms). Here wrk waits 3 ms on
+# core 0 behind postgres while core 1 is idle; the upstream waits 0.02 ms.
+TIMEHIST = """\
+           time    cpu  task name                       wait time  sch delay   run time
+                        [tid/pid]                          (msec)     (msec)     (msec)
+--------------- ------  ------------------------------  ---------  ---------  ---------
+     100.000000 [0001]  <idle>                              0.000      0.000      5.000
+     100.004000 [0000]  postgres[200]                       0.000      0.000      4.000
+     100.004100 [0000]  wrk[301/300]                        1.000      3.000      0.100
+     100.006000 [0001]  <idle>                              0.000      0.000      6.000
+     100.006100 [0001]  python[400]                         0.500      0.020      0.050
+     100.006200 [0001]  wrk[301/300]                        0.300      0.010      0.050
+     100.006300 [0000]  kworker/u8:2-ev[55]                 0.000      0.000      0.010
+"""
+
+
+def test_the_scheduler_trace_is_read_run_by_run() -> None:
+    runs = wakeups.parse_timehist(TIMEHIST)
+
+    assert len(runs) == 7
+    waited = runs[2]
+    assert (waited.name, waited.pid, waited.cpu) == ("wrk", 300, 0)
+    assert waited.delay_ms == pytest.approx(3.0)
+    assert waited.start == pytest.approx(100.004)
+    assert (runs[0].name, runs[0].pid) == ("<idle>", None)
+    assert runs[-1].name == "kworker/u8:2-ev"
+
+
+def test_a_delayed_wakeup_is_charged_what_the_cores_ran_while_it_waited() -> None:
+    runs = wakeups.parse_timehist(TIMEHIST)
+
+    seen = wakeups.analyse(runs, pids={400}, names={"wrk"}, delayed_ms=0.5)
+
+    # Both wrk runs and the upstream's start inside wrk's window; postgres is
+    # not in the chain, and the kworker ran after wrk's last run began.
+    assert seen.wakeups == 3
+    assert sorted(seen.delays_ms) == pytest.approx([0.01, 0.02, 3.0])
+    # The 3 ms wait, 100.001-100.004: postgres on core 0, core 1 idle.
+    assert seen.cores_ran["postgres"] == pytest.approx(3.0)
+    assert seen.cores_ran["<idle>"] == pytest.approx(3.0)
+    assert set(seen.cores_ran) == {"postgres", "<idle>"}
+    row = wakeups.describe("tallygate", 0.5, 3.5, seen, 0.5)
+    assert "| 1 (33.33%) |" in row
+    assert "| postgres 100% | 50% |" in row
+
+
+def test_windows_of_wakeups_add_up() -> None:
+    runs = wakeups.parse_timehist(TIMEHIST)
+    one = wakeups.analyse(runs, pids={400}, names={"wrk"}, delayed_ms=0.5)
+
+    both = wakeups.merged([one, one])
+
+    assert both.wakeups == 6
+    assert len(both.delays_ms) == 6
+    assert both.cores_ran["postgres"] == pytest.approx(6.0)
