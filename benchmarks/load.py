@@ -96,6 +96,10 @@ def run_wrk(
     url: str, script: Path, connections: int, duration_s: float, threads: int = 1
 ) -> LoadResult:
     """Run wrk against *url* for *duration_s* and return its summary."""
+    # wrk reads a duration as a whole number of a unit: "1.5s" and "1500ms"
+    # only print its usage, which would fail the run with no reason given.
+    if duration_s < 1 or duration_s != int(duration_s):
+        raise ValueError(f"wrk runs whole seconds, not {duration_s:g}")
     argv = [
         find_wrk(),
         f"-t{min(threads, connections)}",

@@ -100,6 +100,14 @@ def one_connection_summary(added_p99_ms: float) -> run.Summary:
     )
 
 
+@pytest.mark.parametrize("seconds", [1.5, 0.5, 0])
+def test_wrk_is_never_started_for_a_duration_it_cannot_take(tmp_path, seconds) -> None:
+    script = load.write_script(tmp_path, streamed=False)
+
+    with pytest.raises(ValueError, match="whole seconds"):
+        load.run_wrk("http://127.0.0.1:1/v1/chat/completions", script, 1, seconds)
+
+
 @pytest.mark.parametrize(
     ("gateway_ms", "relay_ms", "verdict"),
     [(1.0, 1.0, True), (1.2, 1.0, False), (0.5, -0.2, False), (-0.4, -0.2, None)],
