@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import os
 import re
 import shutil
 import statistics
@@ -108,7 +109,8 @@ def analyse(
     """
     The wakeups of the chain (processes in *pids*, or named in *names*)
     within the window where a *names* process ran, and what the delayed ones
-    waited behind.
+    waited behind. Every run counts as a wakeup, one that follows a
+    preemption too: its delay is then how long it waited to run again.
     """
     chain = [r for r in runs if r.pid in pids or r.name in names]
     loaders = [r for r in chain if r.name in names]
@@ -155,7 +157,7 @@ def quantile(values: list[float], q: float) -> float:
 def kernel_scheduling() -> str:
     """The kernel's tick rate and preemption model, where they can be read."""
     facts = []
-    for path in (Path("/proc/config.gz"), Path(f"/boot/config-{uname_release()}")):
+    for path in (Path("/proc/config.gz"), Path(f"/boot/config-{os.uname().release}")):
         if path.exists():
             opener = gzip.open if path.suffix == ".gz" else open
             with opener(path, "rt") as config:
@@ -173,12 +175,6 @@ def kernel_scheduling() -> str:
                 facts.append(line.split("]", 1)[-1].strip())
                 break
     return ", ".join(facts) or "not readable"
-
-
-def uname_release() -> str:
-    return subprocess.run(
-        ["uname", "-r"], capture_output=True, text=True, check=False
-    ).stdout.strip()
 
 
 def traced_window(
