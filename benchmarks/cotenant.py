@@ -32,7 +32,15 @@ from pathlib import Path
 
 from benchmarks import benchdb, procs
 from benchmarks.load import write_script
-from benchmarks.run import Cell, Sample, Target, measure, start_targets, summarise
+from benchmarks.run import (
+    Cell,
+    Sample,
+    Target,
+    measure,
+    start_targets,
+    stop_targets,
+    summarise,
+)
 from gateway.config import RecorderSettings
 
 # A busy loop of BUSY seconds every PERIOD seconds, until killed.
@@ -160,10 +168,7 @@ async def main_async(args: argparse.Namespace) -> int:
                         )  # fmt: skip
                     stored = report(kind, samples, shares) and stored
             finally:
-                for target in reversed(started):
-                    if target.child:
-                        target.child.stop()
-                upstream.stop()
+                stop_targets(upstream, started)
     finally:
         await benchdb.drop_database(args.server, url)
     if not stored:

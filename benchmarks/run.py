@@ -212,6 +212,14 @@ def start_targets(
     return upstream, [t for t in targets if t.name in wanted]
 
 
+def stop_targets(upstream: procs.Child, targets: list[Target]) -> None:
+    """Stop what ``start_targets`` started, the upstream last."""
+    for target in reversed(targets):
+        if target.child:
+            target.child.stop()
+    upstream.stop()
+
+
 async def wait_for_rows(url: str, before: int, expected: int) -> int:
     """Rows added since *before*, once they reach *expected* or stop growing."""
     deadline = time.monotonic() + ROWS_WAIT_S
@@ -580,12 +588,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def main_async(args: argparse.Namespace) -> int:
     load_before = machine.load_average()
     database_url = await benchdb.create_database(args.server)
-    children: list[procs.Child] = []
     try:
         with tempfile.TemporaryDirectory(prefix="tallygate-bench-") as tmp_name:
             tmp = Path(tmp_name)
             upstream, targets = start_targets(args, tmp, database_url)
-            children = [upstream] + [t.child for t in targets if t.child]
             try:
                 server = await procs.postmaster_pid(database_url)
                 cells = await run_cells(
@@ -593,8 +599,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 )
                 peaks = {t.name: procs.peak_rss_mib(t.pid) for t in targets if t.pid}
             finally:
-                for child in reversed(children):
-                    child.stop()
+                stop_targets(upstream, targets)
         header = machine.describe(await benchdb.server_version(database_url))
     finally:
         await benchdb.drop_database(args.server, database_url)

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from benchmarks import benchdb, machine, procs
 from benchmarks.load import LoadResult, run_wrk, write_script
-from benchmarks.run import start_targets
+from benchmarks.run import start_targets, stop_targets
 
 TRACEFS = Path("/sys/kernel/tracing")
 # Started before wrk and stopped after it, so the whole window is traced.
@@ -284,10 +284,7 @@ async def main_async(args: argparse.Namespace) -> int:
                         )
                     )
             finally:
-                for target in reversed(targets):
-                    if target.child:
-                        target.child.stop()
-                upstream.stop()
+                stop_targets(upstream, targets)
     finally:
         await benchdb.drop_database(args.server, url)
     text = "\n".join(lines) + "\n"
