@@ -93,9 +93,14 @@ def find_wrk() -> str:
 
 
 def run_wrk(
-    url: str, script: Path, connections: int, duration_s: float, threads: int = 1
+    url: str,
+    script: Path,
+    connections: int,
+    duration_s: float,
+    threads: int = 1,
+    cpus: set[int] | None = None,
 ) -> LoadResult:
-    """Run wrk against *url* for *duration_s* and return its summary."""
+    """Run wrk against *url* for *duration_s* (on *cpus*) and return its summary."""
     # wrk reads a duration as a whole number of a unit: "1.5s" and "1500ms"
     # only print its usage, which would fail the run with no reason given.
     if duration_s < 1 or duration_s != int(duration_s):
@@ -112,6 +117,8 @@ def run_wrk(
         str(script),
         url,
     ]
+    if cpus is not None:
+        argv = ["taskset", "--cpu-list", ",".join(map(str, sorted(cpus))), *argv]
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=duration_s + 30, check=False
     )

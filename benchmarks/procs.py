@@ -201,3 +201,55 @@ def rss_mib(root: int) -> float:
         with contextlib.suppress(OSError):
             total += status_kib(pid, "VmRSS")
     return total / 1024
+
+
+def pin(pids: Sequence[int], cpus: set[int]) -> None:
+    """Keep every thread of *pids* on *cpus*; a process gone meanwhile is skipped."""
+    for pid in pids:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue
+        for tid in threads:
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(tid), cpus)
+
+
+@dataclass
+class Placement:
+    """
+    A one-connection run with the database on a core of its own: wrk, the
+    upstream and the proxy on the other cores, every process of the database
+    server (*server*, its postmaster) on the last one, as a deployment whose
+    database runs elsewhere would have it.
+    """
+
+    server: int
+    chain_cpus: set[int]
+    database_cpus: set[int]
+
+    @classmethod
+    def for_this_machine(cls, server: int | None) -> Placement | None:
+        """A placement, or None where there is one core or no server to move."""
+        cpus = sorted(os.sched_getaffinity(0))
+        if server is None or len(cpus) < 2:
+            return None
+        placement = cls(server, set(cpus[:-1]), {cpus[-1]})
+        try:
+            # Another user's processes need root (CAP_SYS_NICE).
+            os.sched_setaffinity(server, set(cpus))
+        except PermissionError:
+            return None
+        return placement
+
+    @property
+    def all_cpus(self) -> set[int]:
+        return self.chain_cpus | self.database_cpus
+
+    def apply(self, chain: Sequence[int]) -> None:
+        pin(tree_pids(self.server), self.database_cpus)
+        pin([p for root in chain for p in tree_pids(root)], self.chain_cpus)
+
+    def release(self, chain: Sequence[int]) -> None:
+        pin(tree_pids(self.server), self.all_cpus)
+        pin([p for root in chain for p in tree_pids(root)], self.all_cpus)

@@ -6,8 +6,10 @@ fresh database on the local PostgreSQL that is dropped afterwards) and nginx
 when installed, then loads each with wrk, interleaved: for every cell (plain
 or streamed, 1 or 32 connections) each target runs back to back, in an order
 that rotates every round, so that noise from the shared machine falls on all
-of them alike. Writes a markdown report and exits non-zero when the gateway
-stored fewer rows than the calls it forwarded, or a call failed.
+of them alike. The one-connection cells run a second time with the database
+on a core of its own (``procs.Placement``; ``--no-database-core`` skips
+them). Writes a markdown report and exits non-zero when the gateway stored
+fewer rows than the calls it forwarded, or a call failed.
 
     python -m benchmarks.run            # about 4 minutes
     python -m benchmarks.run --quick    # about 1 minute
@@ -81,10 +83,14 @@ class Cell:
     connections: int
     # target -> samples in round order
     samples: dict[str, list[Sample]] = field(default_factory=lambda: defaultdict(list))
+    # wrk, the upstream and the proxy kept off the database's core (Placement).
+    database_core: bool = False
 
     @property
     def label(self) -> str:
-        return f"{'streamed' if self.streamed else 'plain'}, {self.connections} conn"
+        kind = "streamed" if self.streamed else "plain"
+        own = ", database on its own core" if self.database_core else ""
+        return f"{kind}, {self.connections} conn{own}"
 
 
 def upstream_count(port: int) -> int:
@@ -238,10 +244,14 @@ async def measure(
     upstream_port: int,
     database_url: str,
     server: int | None = None,
+    placement: procs.Placement | None = None,
+    upstream_pid: int | None = None,
 ) -> Sample:
     """
     One wrk run against *target*, with the proxy's CPU, RSS and rows, and
     for tallygate the CPU of the database *server* (the postmaster's pid).
+    With a *placement*, wrk, the upstream and the proxy run off the
+    database's core while wrk runs.
     """
     answered_before = upstream_count(upstream_port)
     accounted = target.name == "tallygate"
@@ -249,8 +259,19 @@ async def measure(
     server = server if accounted else None
     database_before = procs.cpu_seconds(server) if server else 0.0
     cpu_before = procs.cpu_seconds(target.pid) if target.pid else 0.0
+    chain = [pid for pid in (upstream_pid, target.pid) if pid]
+    cpus = None
+    if placement is not None:
+        placement.apply(chain)
+        cpus = placement.chain_cpus
     ticks_before = machine.cpu_ticks()
-    load = await asyncio.to_thread(run_wrk, target.url, script, connections, duration_s)
+    try:
+        load = await asyncio.to_thread(
+            run_wrk, target.url, script, connections, duration_s, 1, cpus
+        )
+    finally:
+        if placement is not None:
+            placement.release(chain)
     steal = machine.steal_share(ticks_before, machine.cpu_ticks())
     rss = procs.rss_mib(target.pid) if target.pid else 0.0
     # Let calls that were in flight when wrk stopped finish upstream.
@@ -271,20 +292,30 @@ async def measure(
 async def run_cells(
     args: argparse.Namespace,
     targets: list[Target],
-    upstream_port: int,
+    upstream: procs.Child,
     database_url: str,
     tmp: Path,
     server: int | None,
+    placement: procs.Placement | None = None,
 ) -> list[Cell]:
     scripts = {
         flag: write_script(tmp, flag, client_usage=args.client_usage)
         for flag in (False, True)
     }
+    upstream_port = upstream.port
     cells = [
         Cell(streamed, connections)
         for streamed in (False, True)
         for connections in args.connections
     ]
+    if placement is not None:
+        # Only one connection's calls fit the cores left to them; 32 would be
+        # throttled for every target alike and measure nothing more.
+        cells += [
+            Cell(cell.streamed, 1, database_core=True)
+            for cell in cells
+            if cell.connections == 1
+        ]
     # Warm the pools, price cache and allocator before anything counts.
     for cell in cells:
         for target in targets:
@@ -300,6 +331,7 @@ async def run_cells(
                 sample = await measure(
                     target, scripts[cell.streamed], cell.connections,
                     args.duration, upstream_port, database_url, server,
+                    placement if cell.database_core else None, upstream.pid,
                 )  # fmt: skip
                 cell.samples[target.name].append(sample)
                 print(describe_sample(number, cell, target.name, sample), flush=True)
@@ -446,6 +478,20 @@ def render(
         "(`/proc/stat`): time a runnable process waited, which lands in the "
         "latency tail of whichever target it falls on.",
         "",
+        *(
+            [
+                "In the cells *with the database on its own core*, wrk, the "
+                "upstream and the proxy are kept on the other cores while wrk "
+                "runs, and every process of the PostgreSQL server on the last "
+                "one (`sched_setaffinity`), as with a database on cores or a "
+                "machine of its own. Elsewhere the scheduler places them, and "
+                "on a shared machine it queues a woken process behind the "
+                "database's batch (`python -m benchmarks.wakeups` traces it).",
+                "",
+            ]
+            if any(cell.database_core for cell in cells)
+            else []
+        ),
         "| cell | target | RPS | p50 ms | p99 ms | added p50 ms | added p99 ms "
         "| CPU µs/req | RSS MiB | steal | rows / answered |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -516,9 +562,12 @@ def check_targets(
         return
     top = max(c.connections for c in cells)
     for cell in cells:
+        # A placed cell measures the one-connection latency only: its cores
+        # are fewer than the machine's by design.
+        at_top = cell.connections == top and not cell.database_core
         gw = summaries[(cell.label, "tallygate")]
         relay = summaries[(cell.label, "relay")]
-        if cell.connections == top and gw.cpu_us and relay.cpu_us:
+        if at_top and gw.cpu_us and relay.cpu_us:
             r = gw.cpu_us / relay.cpu_us
             yield (
                 f"CPU per call ≤ 1.2× relay ({cell.label})",
@@ -538,7 +587,7 @@ def check_targets(
                 else:
                     # Both below the direct run's own figure: noise, not a ratio.
                     yield what, f"{g:.3f} vs {b:.3f} ms: neither added any", None
-        if cell.connections == top:
+        if at_top:
             r = gw.rps / relay.rps
             yield (
                 f"RPS ≥ 0.9× relay ({cell.label})",
@@ -575,6 +624,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="streams ask for their usage chunk themselves (every target gets it)",
     )  # fmt: skip
     parser.add_argument("--server", default=benchdb.LOCAL_SERVER, help="PostgreSQL")
+    parser.add_argument(
+        "--no-database-core", dest="database_core", action="store_false",
+        help="skip the one-connection cells with the database on its own core",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s cells")
     args = parser.parse_args(argv)
@@ -594,8 +647,16 @@ async def main_async(args: argparse.Namespace) -> int:
             upstream, targets = start_targets(args, tmp, database_url)
             try:
                 server = await procs.postmaster_pid(database_url)
+                placement = None
+                if args.database_core:
+                    placement = procs.Placement.for_this_machine(server)
+                    if placement is None:
+                        print(
+                            "no cells with the database on its own core: one "
+                            "core, no local server, or no right to move it"
+                        )
                 cells = await run_cells(
-                    args, targets, upstream.port, database_url, tmp, server
+                    args, targets, upstream, database_url, tmp, server, placement
                 )
                 peaks = {t.name: procs.peak_rss_mib(t.pid) for t in targets if t.pid}
             finally:

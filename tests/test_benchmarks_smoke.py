@@ -7,13 +7,16 @@ moving parts from rotting between runs.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import orjson
 import pytest
 from aiohttp import web
 
-from benchmarks import load, relay, run, upstream, wakeups
+from benchmarks import load, procs, relay, run, upstream, wakeups
 
 # The relay on aiohttp's client, and on the gateway's own.
 RELAYS = pytest.mark.parametrize(
@@ -215,3 +218,48 @@ def test_windows_of_wakeups_add_up() -> None:
     assert both.wakeups == 6
     assert len(both.delays_ms) == 6
     assert both.cores_ran["postgres"] == pytest.approx(6.0)
+
+
+def test_a_placed_cell_is_judged_on_its_latency_and_rows_only() -> None:
+    free = run.Cell(streamed=False, connections=1)
+    placed = run.Cell(streamed=False, connections=1, database_core=True)
+    summaries = {
+        (cell.label, name): one_connection_summary(added)
+        for cell, added in ((free, 3.0), (placed, 0.31))
+        for name in ("tallygate", "relay")
+    }
+    summaries[(placed.label, "relay")] = one_connection_summary(0.3)
+
+    checks = {
+        what: ok for what, _, ok in run.check_targets([free, placed], summaries, {})
+    }
+
+    own = "plain, 1 conn, database on its own core"
+    assert placed.label == own
+    assert checks[f"latency added p99 ≤ 1.1× relay ({own})"] is True
+    assert checks[f"every call stored ({own})"] is True
+    assert not any(own in what for what in checks if what.startswith(("CPU", "RPS")))
+    # The free cell still carries the one-connection run's CPU and RPS checks.
+    assert "CPU per call ≤ 1.2× relay (plain, 1 conn)" in checks
+
+
+def test_a_placement_moves_the_chain_and_the_server_and_gives_them_back() -> None:
+    cpus = os.sched_getaffinity(0)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
+    server, proxy = subprocess.Popen(sleeper), subprocess.Popen(sleeper)
+    try:
+        placement = procs.Placement(
+            server.pid, chain_cpus={min(cpus)}, database_cpus={max(cpus)}
+        )
+
+        placement.apply([proxy.pid])
+        assert os.sched_getaffinity(proxy.pid) == {min(cpus)}
+        assert os.sched_getaffinity(server.pid) == {max(cpus)}
+
+        placement.release([proxy.pid])
+        assert os.sched_getaffinity(proxy.pid) == {min(cpus), max(cpus)}
+        assert os.sched_getaffinity(server.pid) == {min(cpus), max(cpus)}
+    finally:
+        for child in (server, proxy):
+            child.kill()
+            child.wait()
