@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -203,16 +203,30 @@ def rss_mib(root: int) -> float:
     return total / 1024
 
 
-def pin(pids: Sequence[int], cpus: set[int]) -> None:
-    """Keep every thread of *pids* on *cpus*; a process gone meanwhile is skipped."""
+def thread_ids(pids: Sequence[int]) -> list[int]:
+    """Every thread of *pids*; a process gone meanwhile has none."""
+    found = []
     for pid in pids:
-        try:
-            threads = os.listdir(f"/proc/{pid}/task")
-        except FileNotFoundError:
-            continue
-        for tid in threads:
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(int(tid), cpus)
+        with contextlib.suppress(FileNotFoundError):
+            found += map(int, os.listdir(f"/proc/{pid}/task"))
+    return found
+
+
+def pin(tids: Sequence[int], cpus: set[int]) -> dict[int, set[int]]:
+    """Keep the threads *tids* on *cpus*; return the cores each had before."""
+    before: dict[int, set[int]] = {}
+    for tid in tids:
+        with contextlib.suppress(ProcessLookupError):
+            before[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cpus)
+    return before
+
+
+def unpin(before: dict[int, set[int]]) -> None:
+    """Give the threads *pin* moved the cores they had."""
+    for tid, cpus in before.items():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, cpus)
 
 
 @dataclass
@@ -221,12 +235,16 @@ class Placement:
     A one-connection run with the database on a core of its own: wrk, the
     upstream and the proxy on the other cores, every process of the database
     server (*server*, its postmaster) on the last one, as a deployment whose
-    database runs elsewhere would have it.
+    database runs elsewhere would have it. ``release`` puts back what
+    ``apply`` moved, and gives a process or thread started in between (a new
+    backend, say) the cores of the process it came from.
     """
 
     server: int
     chain_cpus: set[int]
     database_cpus: set[int]
+    moved: dict[int, set[int]] = field(default_factory=dict)
+    roots: list[int] = field(default_factory=list)
 
     @classmethod
     def for_this_machine(cls, server: int | None) -> Placement | None:
@@ -234,22 +252,25 @@ class Placement:
         cpus = sorted(os.sched_getaffinity(0))
         if server is None or len(cpus) < 2:
             return None
-        placement = cls(server, set(cpus[:-1]), {cpus[-1]})
         try:
-            # Another user's processes need root (CAP_SYS_NICE).
-            os.sched_setaffinity(server, set(cpus))
+            # Another user's processes need root (CAP_SYS_NICE): try on the
+            # postmaster, giving it the cores it has.
+            os.sched_setaffinity(server, os.sched_getaffinity(server))
         except PermissionError:
             return None
-        return placement
-
-    @property
-    def all_cpus(self) -> set[int]:
-        return self.chain_cpus | self.database_cpus
+        return cls(server, set(cpus[:-1]), {cpus[-1]})
 
     def apply(self, chain: Sequence[int]) -> None:
-        pin(tree_pids(self.server), self.database_cpus)
-        pin([p for root in chain for p in tree_pids(root)], self.chain_cpus)
+        self.roots = [self.server, *chain]
+        self.moved = pin(thread_ids(tree_pids(self.server)), self.database_cpus)
+        chain_threads = thread_ids([p for root in chain for p in tree_pids(root)])
+        self.moved |= pin(chain_threads, self.chain_cpus)
 
-    def release(self, chain: Sequence[int]) -> None:
-        pin(tree_pids(self.server), self.all_cpus)
-        pin([p for root in chain for p in tree_pids(root)], self.all_cpus)
+    def release(self) -> None:
+        unpin(self.moved)
+        for root in self.roots:
+            with contextlib.suppress(ProcessLookupError):
+                cpus = os.sched_getaffinity(root)
+                born = thread_ids(tree_pids(root))
+                pin([tid for tid in born if tid not in self.moved], cpus)
+        self.moved, self.roots = {}, []

@@ -271,7 +271,7 @@ async def measure(
         )
     finally:
         if placement is not None:
-            placement.release(chain)
+            placement.release()
     steal = machine.steal_share(ticks_before, machine.cpu_ticks())
     rss = procs.rss_mib(target.pid) if target.pid else 0.0
     # Let calls that were in flight when wrk stopped finish upstream.
