@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,7 +189,7 @@ def traced_window(
     )  # fmt: skip
     try:
         # perf needs a moment to open its events on every core.
-        subprocess.run(["sleep", f"{LEAD_S:g}"], check=True)
+        time.sleep(LEAD_S)
         load = run_wrk(url, script, 1, duration_s)
     finally:
         recorder.wait(timeout=duration_s + 60)
