@@ -16,8 +16,10 @@ usage token are plain chunks, so they are counted (blank lines and data lines,
 with ``bytes.count``) instead of split and scanned one by one. A read that is
 one whole event on one ``data:`` line, when nothing is held, skips the
 general path's setup: a plain chunk needs the usage search alone, and any
-other (the first, the usage chunk, ``[DONE]``) is scanned as it is. This
-reads the same as scanning every event because no token holds a line end
+other (the first, the usage chunk, ``[DONE]``) is scanned as it is. A read
+of whole chat events, nothing held (a fast upstream's whole stream, often),
+is searched once for ``[DONE]`` and once for usage objects, and only the
+events those land in are read. This reads the same as scanning every event because no token holds a line end
 (each lies within one event), blank lines are counted the way
 ``_event_ends`` pairs them (a stretch ending inside a longer run of line ends
 is left to it), and a read with a CR, an event over the cap or an unknown
@@ -131,7 +133,9 @@ class StreamScanner:
                 # The nulls go from the relayed bytes anyway; cut first, the
                 # search for a usage object meets only real ones.
                 data = data.replace(_NULL_USAGE, b"")
-            out = self._feed(data)
+            out = None if held else self._whole_events(data)
+            if out is None:
+                out = self._feed(data)
             if self.hide_usage_chunk:
                 # A null cut in two by a read boundary is whole in *out* now.
                 # Returns *out* itself when there is nothing to cut.
@@ -260,6 +264,75 @@ class StreamScanner:
         if self._scan(out, 0, len(out)) and self.hide_usage_chunk:
             return b""
         return out
+
+    def _whole_events(self, data: bytes) -> bytes | None:
+        """
+        A chat stream read of whole events, nothing held: what a fast upstream
+        sends, up to the whole stream in one read. Read it and return what to
+        relay; None for any other read, which takes ``_feed``.
+
+        It reads what ``_feed`` would, with a search per kind of token
+        instead of a pass per event: the events are exactly the stretches
+        between the read's blank lines (LF line ends, no run of three), each
+        opens with its data line, and the first names the model (or it is
+        known), so only a ``[DONE]`` line or a usage object can make an event
+        more than a chunk to count. No token holds a line end, so the event a
+        token lies in is the one its nearest blank lines bound.
+        """
+        if (
+            self.responses_api
+            or self._oversized
+            or not data.endswith(b"\n\n")
+            or data.startswith(b"\n")
+            or data.find(b"\r") != -1
+            or data.find(b"\n\n\n") != -1
+        ):
+            return None
+        events = data.count(b"\n\n")
+        if data.startswith(b"data") + data.count(b"\n\ndata") != events:
+            return None
+        if self.model is None:
+            first_end = data.find(b"\n\n") + 2
+            if data.find(_DONE, 0, first_end) != -1:
+                return None
+            model = _string_after_key(data, _MODEL_KEY, 0, first_end)
+            if model is None:
+                return None
+            self.model = model
+
+        # Only the first [DONE] of an event decides whether it ends the stream.
+        done_events = 0
+        found = data.find(_DONE)
+        while found != -1:
+            start, end = _event_around(data, found)
+            if _is_done_line(data, start, found, end):
+                done_events += 1
+            found = data.find(_DONE, end)
+        if done_events:
+            self.finished = True
+        self.chunks_seen += events - done_events
+
+        kept: list[bytes] = []
+        relayed_to = 0
+        found = _find_usage_object(data, 0, len(data))
+        while found != -1:
+            start, end = _event_around(data, found)
+            done = data.find(_DONE, start, end)
+            if done == -1 or not _is_done_line(data, start, done, end):
+                obj = _parse_event(data, start, end)
+                if (
+                    isinstance(obj, dict)
+                    and self._take_chunk(obj)
+                    and self.hide_usage_chunk
+                ):
+                    kept.append(data[relayed_to:start])
+                    relayed_to = end
+            found = _find_usage_object(data, end, len(data))
+        if not kept:
+            return data
+        kept.append(data[relayed_to:])
+
+        return b"".join(kept)
 
     def _skip_plain_events(self, buf: bytes | bytearray, pos: int, start: int) -> int:
         """
@@ -391,6 +464,13 @@ def _event_ends(buf: bytes | bytearray, start: int) -> Iterator[int]:
         for k, pattern in enumerate((b"\n\n", b"\n\r", b"\r\r")):
             if nexts[k] != -1 and nexts[k] < end:
                 nexts[k] = buf.find(pattern, end)
+
+
+def _event_around(buf: bytes, at: int) -> tuple[int, int]:
+    """The bounds of the event holding *at*, in a read of whole LF events."""
+    start = buf.rfind(b"\n\n", 0, at)
+    start = 0 if start == -1 else start + 2
+    return start, buf.find(b"\n\n", at) + 2
 
 
 def _is_done_line(buf: bytes | bytearray, start: int, at: int, end: int) -> bool:

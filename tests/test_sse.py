@@ -461,7 +461,7 @@ def test_without_hiding_every_read_is_returned_as_it_came(cuts: list[int]) -> No
 
 
 class FullPathScanner(StreamScanner):
-    """The scanner with the plain-event shortcuts off: every event is scanned."""
+    """The scanner with its shortcuts off: every event is scanned by itself."""
 
     __slots__ = ()
 
@@ -470,6 +470,9 @@ class FullPathScanner(StreamScanner):
 
     def _skip_plain_events(self, buf, pos: int, start: int) -> int:
         return pos
+
+    def _whole_events(self, data: bytes) -> None:
+        return None
 
 
 def relay_each(scanner: StreamScanner, reads: list[bytes]) -> list[bytes]:
@@ -512,43 +515,54 @@ def test_the_plain_event_shortcut_reads_recorded_streams_as_the_full_path_does(
 
 
 # Events that are plain, and ones near enough to plain to trip a shortcut.
-event_lines = st.sampled_from(
-    [
-        b'data: {"model":"m-1","choices":[{"delta":{"content":"a"}}]}',
-        b'data: {"model":"m-2","choices":[{"delta":{}}],"usage":null}',
-        b'data: {"choices":[{"delta":{"content":"[DONE]"}}],"usage":null}',
-        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}',
-        b'data: {"choices":[{"delta":{}}],"usage": {"prompt_tokens":2}}',
-        b'data: {"choices":[],"usage" :\t{"prompt_tokens":4}}',
-        b'data: {"choices":[],"usage"usage":{"prompt_tokens":5}}',
-        b'data: {"usage":nullx,"model":null}',
-        b'data: {"model":"esc\\"aped"}',
-        b'data:{"choices":[{"delta":{"content":"b"}}]}',
-        b"data: [DONE]",
-        b"data:[DONE]",
-        b"data: [DONE] ",
-        b"data: x\ndata: [DONE]",
-        b'data: {"choices":\ndata: [{"delta":{}}],"usage":null}',
-        b"event: response.output_text.delta",
-        b'event: x\ndata: {"type":"response.output_text.delta","delta":"c"}',
-        b'event: x\ndata: {"type":"response.completed","response":'
-        b'{"model":"r-1","usage":{"input_tokens":2,"output_tokens":1}}}',
-        b'data: {"type":"response.failed","response":{"usage":{"input_tokens":1}}}',
-        b": keep-alive",
-        b"",
-        b"\n",
-        b"datum: 1",
-        b"id: 7\ndata: {}",
-    ]
-)
-synthetic_streams = st.lists(event_lines, max_size=30).map(
-    lambda events: b"".join(event + b"\n\n" for event in events)
-)
+EVENT_LINES = [
+    b'data: {"model":"m-1","choices":[{"delta":{"content":"a"}}]}',
+    b'data: {"model":"m-2","choices":[{"delta":{}}],"usage":null}',
+    b'data: {"choices":[{"delta":{"content":"[DONE]"}}],"usage":null}',
+    b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}',
+    b'data: {"choices":[{"delta":{}}],"usage": {"prompt_tokens":2}}',
+    b'data: {"choices":[],"usage" :\t{"prompt_tokens":4}}',
+    b'data: {"choices":[],"usage"usage":{"prompt_tokens":5}}',
+    b'data: {"usage":nullx,"model":null}',
+    b'data: {"model":"esc\\"aped"}',
+    b'data:{"choices":[{"delta":{"content":"b"}}]}',
+    b"data: [DONE]",
+    b"data:[DONE]",
+    b"data: [DONE] ",
+    b"data: x\ndata: [DONE]",
+    b'data: {"choices":\ndata: [{"delta":{}}],"usage":null}',
+    b"event: response.output_text.delta",
+    b'event: x\ndata: {"type":"response.output_text.delta","delta":"c"}',
+    b'event: x\ndata: {"type":"response.completed","response":'
+    b'{"model":"r-1","usage":{"input_tokens":2,"output_tokens":1}}}',
+    b'data: {"type":"response.failed","response":{"usage":{"input_tokens":1}}}',
+    b": keep-alive",
+    b"",
+    b"\n",
+    b"datum: 1",
+    b"id: 7\ndata: {}",
+    b'data: {"choices":[{"delta":{"content":"[DONE]"}}]}\ndata: [DONE]',
+    b'data: {"choices":[],"usage":{"prompt_tokens":6}}\ndata: [DONE]',
+    b'data: {"model":"m-3","choices":[],"usage":{"prompt_tokens":7}}',
+    b'data: {"usage":{"prompt_tokens":8},"usage":{"prompt_tokens":9}}',
+]
+
+
+def streams_of(lines: list[bytes]) -> st.SearchStrategy[bytes]:
+    return st.lists(st.sampled_from(lines), max_size=30).map(
+        lambda events: b"".join(event + b"\n\n" for event in events)
+    )
+
+
+synthetic_streams = streams_of(EVENT_LINES)
+# Every event opens with its data line, as chat streams do: whole reads of
+# these are what the whole-read shortcut takes.
+data_streams = streams_of([line for line in EVENT_LINES if line.startswith(b"data")])
 
 
 @settings(max_examples=400, deadline=None)
 @given(
-    body=synthetic_streams | garbage,
+    body=synthetic_streams | data_streams | garbage,
     cuts=st.lists(st.integers(min_value=0, max_value=3_000), max_size=12),
     hide=st.booleans(),
     responses_api=st.booleans(),
@@ -603,5 +617,27 @@ def test_a_read_of_one_whole_event_skips_the_general_path(monkeypatch) -> None:
 
     assert fed == []
     assert b'"usage":{' not in relayed
+    assert (scanner.usage, scanner.model, scanner.chunks_seen) == STREAMS[name]
+    assert scanner.finished
+
+
+@pytest.mark.parametrize("hide", [False, True])
+def test_a_whole_stream_in_one_read_skips_the_general_path(monkeypatch, hide) -> None:
+    fed = []
+    real_feed = StreamScanner._feed
+
+    def counting_feed(self, data):
+        fed.append(data)
+        return real_feed(self, data)
+
+    monkeypatch.setattr(StreamScanner, "_feed", counting_feed)
+    name = "openai_chat_stream_usage_3.sse"
+    body = recorded(name)
+    scanner = StreamScanner(hide_usage_chunk=hide)
+
+    relayed = relay(scanner, [body])
+
+    assert fed == []
+    assert relayed == (hidden(name, body) if hide else body)
     assert (scanner.usage, scanner.model, scanner.chunks_seen) == STREAMS[name]
     assert scanner.finished
