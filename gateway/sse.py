@@ -19,11 +19,11 @@ general path's setup: a plain chunk needs the usage search alone, and any
 other (the first, the usage chunk, ``[DONE]``) is scanned as it is. A read
 of whole chat events, nothing held (a fast upstream's whole stream, often),
 is searched once for ``[DONE]`` and once for usage objects, and only the
-events those land in are read. This reads the same as scanning every event because no token holds a line end
-(each lies within one event), blank lines are counted the way
-``_event_ends`` pairs them (a stretch ending inside a longer run of line ends
-is left to it), and a read with a CR, an event over the cap or an unknown
-model takes the full path.
+events those land in are read. This reads the same as scanning every event
+because no token holds a line end (each lies within one event), blank lines
+are counted the way ``_event_ends`` pairs them (a stretch ending inside a
+longer run of line ends is left to it), and a read with a CR, an event over
+the cap or an unknown model takes the full path.
 
 Where usage sits:
 

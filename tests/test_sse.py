@@ -598,7 +598,9 @@ def test_plain_events_are_counted_without_being_scanned(monkeypatch) -> None:
     assert scanner.chunks_seen == STREAMS["openai_chat_stream_usage_3.sse"][2]
 
 
-def test_a_read_of_one_whole_event_skips_the_general_path(monkeypatch) -> None:
+@pytest.fixture
+def general_path_reads(monkeypatch) -> list[bytes]:
+    """The reads that reach the scanner's general path, ``_feed``."""
     fed = []
     real_feed = StreamScanner._feed
 
@@ -607,6 +609,10 @@ def test_a_read_of_one_whole_event_skips_the_general_path(monkeypatch) -> None:
         return real_feed(self, data)
 
     monkeypatch.setattr(StreamScanner, "_feed", counting_feed)
+    return fed
+
+
+def test_a_read_of_one_whole_event_skips_the_general_path(general_path_reads) -> None:
     name = "openai_chat_stream_usage_3.sse"
     body = recorded(name)
     scanner = StreamScanner(hide_usage_chunk=True)
@@ -615,29 +621,23 @@ def test_a_read_of_one_whole_event_skips_the_general_path(monkeypatch) -> None:
         scanner, [event + b"\n\n" for event in body.split(b"\n\n") if event]
     )
 
-    assert fed == []
+    assert general_path_reads == []
     assert b'"usage":{' not in relayed
     assert (scanner.usage, scanner.model, scanner.chunks_seen) == STREAMS[name]
     assert scanner.finished
 
 
 @pytest.mark.parametrize("hide", [False, True])
-def test_a_whole_stream_in_one_read_skips_the_general_path(monkeypatch, hide) -> None:
-    fed = []
-    real_feed = StreamScanner._feed
-
-    def counting_feed(self, data):
-        fed.append(data)
-        return real_feed(self, data)
-
-    monkeypatch.setattr(StreamScanner, "_feed", counting_feed)
+def test_a_whole_stream_in_one_read_skips_the_general_path(
+    general_path_reads, hide
+) -> None:
     name = "openai_chat_stream_usage_3.sse"
     body = recorded(name)
     scanner = StreamScanner(hide_usage_chunk=hide)
 
     relayed = relay(scanner, [body])
 
-    assert fed == []
+    assert general_path_reads == []
     assert relayed == (hidden(name, body) if hide else body)
     assert (scanner.usage, scanner.model, scanner.chunks_seen) == STREAMS[name]
     assert scanner.finished
