@@ -263,3 +263,24 @@ def test_a_placement_moves_the_chain_and_the_server_and_gives_them_back() -> Non
         for child in (server, proxy):
             child.kill()
             child.wait()
+
+
+def test_the_rps_verdict_shows_each_rounds_ratio() -> None:
+    cell = run.Cell(streamed=True, connections=32)
+    for gateway_rps, relay_rps in ((2834, 2013), (3780, 3778), (2694, 3844)):
+        cell.samples["tallygate"].append(a_sample(gateway_rps, 1.0, 0.1))
+        cell.samples["relay"].append(a_sample(relay_rps, 1.0, None))
+    cell.samples["direct"] = cell.samples["relay"]
+    summaries = {
+        (cell.label, name): run.summarise(cell, name) for name in ("tallygate", "relay")
+    }
+
+    checks = {
+        what: (measured, ok)
+        for what, measured, ok in run.check_targets([cell], summaries, {})
+    }
+
+    measured, ok = checks["RPS ≥ 0.9× relay (streamed, 32 conn)"]
+    # Judged on the medians, 2,834 against 3,778.
+    assert ok is False
+    assert measured.endswith("= 0.75× (round by round 1.41×, 1.00×, 0.70×)")
