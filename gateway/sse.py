@@ -300,13 +300,13 @@ class StreamScanner:
                 return None
             self.model = model
 
-        # Only the first [DONE] of an event decides whether it ends the stream.
+        # Searched on from each event's end, *found* is always the first
+        # [DONE] of its event, the one _is_done_event would look at.
         done_events = 0
         found = data.find(_DONE)
         while found != -1:
             start, end = _event_around(data, found)
-            if _is_done_line(data, start, found, end):
-                done_events += 1
+            done_events += _is_done_line(data, start, found, end)
             found = data.find(_DONE, end)
         if done_events:
             self.finished = True
@@ -317,8 +317,7 @@ class StreamScanner:
         found = _find_usage_object(data, 0, len(data))
         while found != -1:
             start, end = _event_around(data, found)
-            done = data.find(_DONE, start, end)
-            if done == -1 or not _is_done_line(data, start, done, end):
+            if not _is_done_event(data, start, end):
                 obj = _parse_event(data, start, end)
                 if (
                     isinstance(obj, dict)
@@ -383,8 +382,7 @@ class StreamScanner:
         """Read one whole event; return True if it is a usage chunk to hide."""
         if not _is_data_event(buf, start, end):
             return False  # a comment, keep-alive or event-name-only block
-        done = buf.find(b"[DONE]", start, end)
-        if done != -1 and _is_done_line(buf, start, done, end):
+        if _is_done_event(buf, start, end):
             self.finished = True
             return False
         self.chunks_seen += 1
@@ -471,6 +469,15 @@ def _event_around(buf: bytes, at: int) -> tuple[int, int]:
     start = buf.rfind(b"\n\n", 0, at)
     start = 0 if start == -1 else start + 2
     return start, buf.find(b"\n\n", at) + 2
+
+
+def _is_done_event(buf: bytes | bytearray, start: int, end: int) -> bool:
+    """
+    Whether the event ``buf[start:end]`` ends the stream: its first ``[DONE]``
+    is the whole value of a data line (a later one does not count).
+    """
+    done = buf.find(_DONE, start, end)
+    return done != -1 and _is_done_line(buf, start, done, end)
 
 
 def _is_done_line(buf: bytes | bytearray, start: int, at: int, end: int) -> bool:
