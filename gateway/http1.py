@@ -39,6 +39,8 @@ from urllib.parse import urlsplit
 MAX_HEAD_BYTES = 64 * 1024
 # A chunk-size line, extensions included.
 MAX_CHUNK_LINE_BYTES = 4096
+# Past this a read goes chunk by chunk: splitting it would scan its data.
+MAX_WHOLE_CHUNKS_READ = 64 * 1024
 # Unread body past this pauses reading from the upstream until it is read.
 PAUSE_BYTES = 256 * 1024
 # Idle connections older than this are closed instead of reused: servers drop
@@ -469,6 +471,8 @@ class Connection(asyncio.Protocol):
         if self.pending:
             # Never more than a chunk line: chunk data is handed on as it comes.
             data, self.pending = self.pending + data, b""
+        if self.chunk_state == SIZE_LINE and self.whole_chunks(reply, data):
+            return
         pos, size = 0, len(data)
         state, remaining = self.chunk_state, self.remaining
         out: list[bytes] = []
@@ -498,8 +502,20 @@ class Connection(asyncio.Protocol):
                 line = data[pos:eol]
                 pos = eol + 2
                 if state == SIZE_LINE:
-                    remaining = chunk_size(line)
-                    state = CHUNK_DATA if remaining else TRAILERS
+                    remaining = _CHUNK_SIZES.get(line)
+                    if remaining is None:
+                        remaining = chunk_size(line)
+                    if not remaining:
+                        state = TRAILERS
+                        continue
+                    # The usual read holds the whole chunk and its CRLF: take
+                    # it here rather than in two more turns of the loop.
+                    stop = pos + remaining
+                    if data[stop : stop + 2] == b"\r\n":
+                        out.append(data[pos:stop])
+                        pos, remaining = stop + 2, 0
+                    else:
+                        state = CHUNK_DATA
                 elif not line:
                     # The blank line after the last chunk and its trailers.
                     if out:
@@ -513,6 +529,40 @@ class Connection(asyncio.Protocol):
             self.pending = data[pos:]
         if out:
             reply._push(out[0] if len(out) == 1 else b"".join(out))
+
+    def whole_chunks(self, reply: Reply, data: bytes) -> bool:
+        """
+        Decode a read of whole chunks in a few C passes; False if it is not one.
+
+        A stream's read is mostly whole chunks, each a known size line, its
+        data and CRLF. Split at every CRLF, such a read alternates size lines
+        and data; when every size line gives the length of the part after it,
+        the parts are the chunks that ``read_chunks`` would find one by one.
+        Anything else (a chunk cut by the read, data holding a CRLF, a size
+        line not seen before, trailers, bytes past the last chunk) is left to
+        ``read_chunks``.
+        """
+        if len(data) > MAX_WHOLE_CHUNKS_READ:
+            return False
+        parts = data.split(b"\r\n")
+        if not len(parts) & 1 or parts[-1]:
+            return False
+        pieces = parts[1::2]
+        sizes = list(map(_CHUNK_SIZES.get, parts[:-1:2]))
+        if sizes != list(map(len, pieces)):
+            return False
+        if 0 in sizes:
+            # The last chunk: only as the read's last, with no trailers.
+            if sizes.index(0) != len(sizes) - 1:
+                return False
+            body = b"".join(pieces)
+            if body:
+                reply._push(body)
+            self.finish()
+            return True
+        if pieces:
+            reply._push(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        return True
 
     def finish(self) -> None:
         """The answer is whole: stop its clock, and tell its reader."""

@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import uvloop
@@ -25,6 +26,7 @@ from gateway import http1
 from gateway.http1 import (
     BadResponse,
     CannotConnect,
+    ClientError,
     Connection,
     ConnectTimeout,
     Disconnected,
@@ -195,12 +197,35 @@ def splits(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
-async def feed(data: list[bytes], *, head_request: bool = False) -> tuple[Reply, Sink]:
+class ChunkByChunk(Connection):
+    """A connection that decodes every chunked read chunk by chunk."""
+
+    def whole_chunks(self, reply: Reply, data: bytes) -> bool:
+        return False
+
+
+class WholeReadsSeen(Connection):
+    """A connection that notes whether each read went the whole-chunks way."""
+
+    taken: ClassVar[list[bool]] = []
+
+    def whole_chunks(self, reply: Reply, data: bytes) -> bool:
+        taken = super().whole_chunks(reply, data)
+        self.taken.append(taken)
+        return taken
+
+
+async def feed(
+    data: list[bytes],
+    *,
+    head_request: bool = False,
+    connection: type[Connection] = Connection,
+) -> tuple[Reply, Sink]:
     """Run *data* through a connection, read by read; return its reply."""
     pool = Pool(
         "http://127.0.0.1:9/v1", max_connections=1, connect_timeout_s=1, timeout_s=5
     )
-    conn = Connection(pool)
+    conn = connection(pool)
     sink = Sink()
     conn.connection_made(sink)  # type: ignore[arg-type]
     sending = asyncio.ensure_future(
@@ -233,6 +258,80 @@ def test_a_chunked_body_decodes_the_same_however_the_reads_split(
         return body
 
     assert asyncio.run(run()) == b"".join(pieces)
+
+
+async def decoded(
+    raw: bytes, reads: list[bytes], connection: type[Connection]
+) -> tuple[bytes | str, bool, bool]:
+    """The body *reads* decode to (or the error), keep-alive, and whether aborted."""
+    reply, sink = await feed(reads, connection=connection)
+    conn = reply._conn
+    if not reply._done:
+        # A damaged size can ask for more than was sent: the upstream hangs up.
+        conn.connection_lost(None)
+    try:
+        body: bytes | str = await reply.read()
+    except ClientError as exc:
+        body = repr(exc)
+    return body, conn.keep_alive, sink.aborted
+
+
+# Chunk data that looks like framing: CRLFs, size lines, a last chunk.
+FRAMING_LOOKALIKES = st.lists(
+    st.sampled_from([b"\r\n", b"0", b"3", b"abc", b";x", b"\r\n\r\n", b"\n"]),
+    min_size=1,
+    max_size=6,
+).map(b"".join)
+
+
+@given(
+    pieces=st.lists(
+        st.one_of(st.binary(min_size=1, max_size=40), FRAMING_LOOKALIKES), max_size=8
+    ),
+    extensions=st.booleans(),
+    trailers=st.booleans(),
+    after=st.sampled_from([b"", b"3\r\nabc\r\n", b"HTTP/1.1 200 OK\r\n"]),
+    damage=st.one_of(st.none(), st.integers(0, 10_000)),
+    cuts=st.lists(st.integers(0, 10_000), max_size=6),
+)
+def test_whole_chunk_reads_decode_as_chunk_by_chunk_does(
+    pieces: list[bytes],
+    extensions: bool,
+    trailers: bool,
+    after: bytes,
+    damage: int | None,
+    cuts: list[int],
+) -> None:
+    body = chunked(pieces, extensions, trailers) + after
+    if damage is not None:
+        # One byte changed anywhere: a size, a CRLF, the data or the end.
+        at = damage % len(body)
+        body = body[:at] + bytes([body[at] ^ 0x41]) + body[at + 1 :]
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    reads = splits(raw, cuts)
+
+    async def run() -> None:
+        # Decoded once first, so that every size line is one already seen.
+        await decoded(raw, reads, Connection)
+        assert await decoded(raw, reads, Connection) == await decoded(
+            raw, reads, ChunkByChunk
+        )
+
+    asyncio.run(run())
+
+
+async def test_a_stream_read_whole_is_decoded_in_one_pass() -> None:
+    events = [b'data: {"n":%d}\n\n' % n for n in range(12)] + [b"data: [DONE]\n\n"]
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(
+        events, extensions=False, trailers=False
+    )
+    await feed([raw])  # the size lines, seen once
+    WholeReadsSeen.taken = []
+
+    reply, _ = await feed([raw], connection=WholeReadsSeen)
+
+    assert await reply.read() == b"".join(events)
+    assert WholeReadsSeen.taken == [True]
 
 
 @given(body=st.binary(max_size=200), cuts=st.lists(st.integers(0, 1000), max_size=8))
