@@ -92,17 +92,23 @@ def dumped_totals(out_dir: Path, name: str, pid: int, before: set[Path]) -> int:
     raise TimeoutError(f"no callgrind dump from {name} ({pid})")
 
 
-def start_target(name: str, tmp: Path, up_port: int, database_url: str) -> procs.Child:
-    port = procs.free_port()
-    upstream = f"http://127.0.0.1:{up_port}"
+def target_argv(
+    name: str, tmp: Path, port: int, up_port: int, database_url: str
+) -> list[str]:
+    """The command that serves proxy *name* on *port* (``python -m ...``)."""
     if name == "tallygate":
         config = write_gateway_config(tmp, port, up_port, database_url, "WARNING")
-        argv = [procs.PYTHON, "-m", "gateway", "serve", "--config", str(config)]
-    else:
-        argv = [procs.PYTHON, "-m", "benchmarks.relay", "--port", str(port)]
-        argv += ["--upstream", upstream]
-        if name == "relay-http1":
-            argv += ["--client", "http1"]
+        return [procs.PYTHON, "-m", "gateway", "serve", "--config", str(config)]
+    argv = [procs.PYTHON, "-m", "benchmarks.relay", "--port", str(port)]
+    argv += ["--upstream", f"http://127.0.0.1:{up_port}"]
+    if name == "relay-http1":
+        argv += ["--client", "http1"]
+    return argv
+
+
+def start_target(name: str, tmp: Path, up_port: int, database_url: str) -> procs.Child:
+    port = procs.free_port()
+    argv = target_argv(name, tmp, port, up_port, database_url)
     return procs.start_child(
         name,
         callgrind_argv(tmp, name, argv),

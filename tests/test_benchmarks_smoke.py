@@ -7,16 +7,19 @@ moving parts from rotting between runs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import orjson
 import pytest
 from aiohttp import web
 
-from benchmarks import load, procs, relay, run, upstream, wakeups
+from benchmarks import load, opcodes, procs, relay, run, upstream, wakeups
 
 # The relay on aiohttp's client, and on the gateway's own.
 RELAYS = pytest.mark.parametrize(
@@ -284,3 +287,44 @@ def test_the_rps_verdict_shows_each_rounds_ratio() -> None:
     # Judged on the medians, 2,834 against 3,778.
     assert ok is False
     assert measured.endswith("= 0.75× (round by round 1.41×, 1.00×, 0.70×)")
+
+
+def test_a_dataclass_init_is_named_by_its_fields() -> None:
+    @dataclasses.dataclass
+    class Pair:
+        left: int
+        right: int
+
+    assert opcodes.where(Pair.__init__.__code__).endswith("__init__(left, right, ...)")
+
+
+def test_the_traced_child_counts_the_bytecodes_of_its_window(tmp_path) -> None:
+    (tmp_path / "busy.py").write_text(
+        "import time\n"
+        "def work():\n"
+        "    return sum(range(10))\n"
+        "while True:\n"
+        "    work()\n"
+        "    time.sleep(0.001)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{procs.REPO}"}
+    out = tmp_path / "counts"
+    out.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.opcodes", "--child", str(out), "--", "busy"],
+        env=env,
+    )
+    try:
+        # Counting starts only once the module is running and has been asked to.
+        time.sleep(1.0)
+        child.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        child.send_signal(signal.SIGUSR2)
+        ops, calls = opcodes.read_dump(out / "1.tsv")
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+
+    (work,) = [key for key in ops if key.endswith(":work")]
+    assert calls[work] >= 1
+    assert ops[work] >= 5 * calls[work]
