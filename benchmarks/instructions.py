@@ -36,7 +36,7 @@ from benchmarks import benchdb, machine, procs
 from benchmarks.load import run_wrk, write_script
 from benchmarks.run import CHAT_PATH, write_gateway_config
 
-TARGETS = ("relay", "relay-http1", "tallygate")
+TARGETS = ("relay", "relay-http1", "relay-raw", "tallygate")
 # What callgrind slows a Python server by here, about: startup needs room.
 STARTUP_S = 180
 WARMUP_S = 2.0
@@ -103,6 +103,8 @@ def target_argv(
     argv += ["--upstream", f"http://127.0.0.1:{up_port}"]
     if name == "relay-http1":
         argv += ["--client", "http1"]
+    elif name == "relay-raw":
+        argv += ["--server", "raw"]
     return argv
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any
 
-TARGETS = ("relay", "relay-http1", "tallygate")
+TARGETS = ("relay", "relay-http1", "relay-raw", "tallygate")
 WARMUP_S = 2.0
 # The recorder's last batch of a window lands within this.
 SETTLE_S = 0.5

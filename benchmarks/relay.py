@@ -9,21 +9,30 @@ records. One pooled ``ClientSession`` and uvloop.
 (``gateway.http1``) instead of aiohttp's: the same relay with the client the
 gateway uses, which shows what the accounting costs apart from the client.
 
+``--server raw`` drops aiohttp's server too: requests are read off the
+socket by a bare ``asyncio.Protocol`` and relayed through ``gateway.http1``.
+It is a floor, not a server (it takes only what wrk sends: Content-Length
+bodies on keep-alive connections), and shows what aiohttp's server costs a
+call.
+
     python -m benchmarks.relay --port 18002 --upstream http://127.0.0.1:18001
     python -m benchmarks.relay --port 18003 --client http1
+    python -m benchmarks.relay --port 18004 --server raw
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import aiohttp
 from aiohttp import hdrs, web
 
 from benchmarks.upstream import run
-from gateway.http1 import Pool
+from gateway.http1 import Pool, Reply
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 POOL = web.AppKey("pool", Pool)
@@ -138,6 +147,102 @@ def create_http1_app(upstream: str) -> web.Application:
     return app
 
 
+class RawRelay(asyncio.Protocol):
+    """One client connection of the raw relay: its requests, one at a time."""
+
+    def __init__(self, pool: Pool, base: str) -> None:
+        self.pool = pool
+        self.base = base
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.busy = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.busy:
+            self.next_request()
+
+    def next_request(self) -> None:
+        """Start the next request once its head and body are in."""
+        end = self.buffer.find(b"\r\n\r\n")
+        if end == -1:
+            return
+        request_line, *lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+        method, target, _ = request_line.split(" ", 2)
+        headers = []
+        length = 0
+        for line in lines:
+            name, _, value = line.partition(":")
+            value = value.strip()
+            lower = name.lower()
+            if lower == "content-length":
+                length = int(value)
+            if lower not in SKIPPED:
+                headers.append((name, value))
+        start = end + 4
+        if len(self.buffer) < start + length:
+            return
+        body = bytes(self.buffer[start : start + length])
+        del self.buffer[: start + length]
+        self.busy = True
+        asyncio.get_running_loop().create_task(
+            self.relay(method, self.base + target, headers, body)
+        )
+
+    async def relay(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes
+    ) -> None:
+        reply = await self.pool.request(method, url, headers, body)
+        try:
+            await self.answer(reply)
+        finally:
+            reply.release()
+        self.busy = False
+        if self.buffer and self.transport is not None:
+            self.next_request()
+
+    async def answer(self, reply: Reply) -> None:
+        head = [f"HTTP/1.1 {reply.status} {reply.reason}\r\n"]
+        head += [f"{k}: {v}\r\n" for k, v in reply.headers if k.lower() not in SKIPPED]
+        sized = reply.content_length is not None
+        if sized:
+            head.append(f"Content-Length: {reply.content_length}\r\n\r\n")
+        else:
+            head.append("Transfer-Encoding: chunked\r\n\r\n")
+        self.write("".join(head).encode("latin-1"))
+        while chunk := await reply.readany():
+            self.write(chunk if sized else b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        if not sized:
+            self.write(b"0\r\n\r\n")
+
+    def write(self, data: bytes) -> None:
+        # A client that hung up (wrk at the end of a cell) is normal.
+        if self.transport is not None:
+            self.transport.write(data)
+
+
+async def serve_raw(host: str, port: int, upstream: str) -> None:
+    """Serve the raw relay until cancelled."""
+    base = upstream.rstrip("/")
+    pool = Pool(base, max_connections=256, connect_timeout_s=10, timeout_s=600)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: RawRelay(pool, base), host, port, backlog=1024, reuse_address=True
+    )
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        pool.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--host", default="127.0.0.1")
@@ -152,7 +257,18 @@ def main() -> None:
         default="aiohttp",
         help="the upstream client: aiohttp's, or the gateway's own",
     )
+    parser.add_argument(
+        "--server",
+        choices=("aiohttp", "raw"),
+        default="aiohttp",
+        help="the server side: aiohttp's, or a bare protocol (the gateway's client)",
+    )
     args = parser.parse_args()
+    if args.server == "raw":
+        import uvloop
+
+        uvloop.run(serve_raw(args.host, args.port, args.upstream))
+        return
     if args.client == "http1":
         app = create_http1_app(args.upstream)
     else:

@@ -39,6 +39,8 @@ from benchmarks import benchdb, machine, procs
 from benchmarks.load import LoadResult, run_wrk, write_script
 
 TARGETS = ("direct", "relay", "relay-http1", "tallygate", "nginx")
+# Measured only when asked for (--targets): a floor below the relay.
+OPTIONAL_TARGETS = ("relay-raw",)
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
 USAGE_ASKED = {
     False: "streams do not ask for usage: the gateway asks and hides the chunk",
@@ -191,6 +193,16 @@ def start_targets(
             port, tmp, env,
         )  # fmt: skip
         targets.append(Target("relay-http1", port, child))
+    if "relay-raw" in wanted:
+        # The relay with no aiohttp server either: what that server costs.
+        port = procs.free_port()
+        child = procs.start_child(
+            "relay-raw",
+            [python, "-m", "benchmarks.relay", "--port", str(port),
+             "--upstream", f"http://127.0.0.1:{up_port}", "--server", "raw"],
+            port, tmp, env,
+        )  # fmt: skip
+        targets.append(Target("relay-raw", port, child))
     if "tallygate" in wanted:
         port = procs.free_port()
         config = write_gateway_config(
@@ -628,7 +640,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per cell")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--chunks", type=int, default=10, help="chunks per stream")
-    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=list(TARGETS),
+        choices=TARGETS + OPTIONAL_TARGETS,
+    )
     parser.add_argument(
         "--gateway-log-level", default="WARNING",
         help="tallygate's log level (INFO logs a line per call)",

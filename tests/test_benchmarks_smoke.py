@@ -7,6 +7,8 @@ moving parts from rotting between runs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -15,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -65,6 +68,49 @@ async def test_relay_streams_chunks_and_usage_when_asked(
     assert len(events) == 6
     assert events[-1] == "data: [DONE]"
     assert orjson.loads(events[-2][len("data: ") :])["usage"]["prompt_tokens"] == 42
+
+
+async def test_the_raw_relay_relays_plain_and_streamed_calls_on_one_connection(
+    aiohttp_server,
+) -> None:
+    fake = await aiohttp_server(upstream.create_app(chunks=4))
+    port = procs.free_port()
+    serving = asyncio.ensure_future(
+        relay.serve_raw("127.0.0.1", port, str(fake.make_url("")))
+    )
+    request = orjson.loads(load.chat_body(streamed=True))
+    request["stream_options"] = {"include_usage": True}
+    try:
+        await wait_until_listening(port)
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            async with session.post(url, data=load.chat_body(streamed=False)) as resp:
+                plain = await resp.json()
+            async with session.post(url, data=orjson.dumps(request)) as resp:
+                events = [e for e in (await resp.text()).split("\n\n") if e]
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+
+    assert plain["usage"]["total_tokens"] == (
+        upstream.PROMPT_TOKENS + upstream.COMPLETION_TOKENS
+    )
+    assert len(events) == 6
+    assert events[-1] == "data: [DONE]"
+
+
+async def wait_until_listening(port: int) -> None:
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.01)
+            continue
+        writer.close()
+        return
+    raise TimeoutError(f"nothing listens on {port}")
 
 
 async def test_upstream_counts_the_completions_it_answered(aiohttp_client) -> None:
