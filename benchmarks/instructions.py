@@ -34,9 +34,10 @@ from pathlib import Path
 
 from benchmarks import benchdb, machine, procs
 from benchmarks.load import run_wrk, write_script
+from benchmarks.relay import VARIANTS as RELAY_VARIANTS
 from benchmarks.run import CHAT_PATH, write_gateway_config
 
-TARGETS = ("relay", "relay-http1", "relay-raw", "tallygate")
+TARGETS = (*RELAY_VARIANTS, "tallygate")
 # What callgrind slows a Python server by here, about: startup needs room.
 STARTUP_S = 180
 WARMUP_S = 2.0
@@ -100,12 +101,7 @@ def target_argv(
         config = write_gateway_config(tmp, port, up_port, database_url, "WARNING")
         return [procs.PYTHON, "-m", "gateway", "serve", "--config", str(config)]
     argv = [procs.PYTHON, "-m", "benchmarks.relay", "--port", str(port)]
-    argv += ["--upstream", f"http://127.0.0.1:{up_port}"]
-    if name == "relay-http1":
-        argv += ["--client", "http1"]
-    elif name == "relay-raw":
-        argv += ["--server", "raw"]
-    return argv
+    return [*argv, "--upstream", f"http://127.0.0.1:{up_port}", *RELAY_VARIANTS[name]]
 
 
 def start_target(name: str, tmp: Path, up_port: int, database_url: str) -> procs.Child:

@@ -8,8 +8,9 @@ function. This counts bytecodes instead: each proxy runs under a tracer
 switches it on (SIGUSR1) for a wrk window at one connection, and dumps its
 counts per code object when switched off (SIGUSR2). The counts are as
 repeatable as the calls: the same requests run the same bytecodes, whatever
-else the machine does. Work done once per batch (the recorder's flush) is
-shared out over the window's calls.
+else the machine does, but for how a stream's bytes split into reads (a
+streamed count moves by a few percent from window to window). Work done once
+per batch (the recorder's flush) is shared out over the window's calls.
 
 A bytecode is not a fixed cost (a ``CALL`` into C may do a thousand times
 the work of a ``LOAD_FAST``), and tracing makes every proxy some five times
@@ -36,7 +37,6 @@ from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any
 
-TARGETS = ("relay", "relay-http1", "relay-raw", "tallygate")
 WARMUP_S = 2.0
 # The recorder's last batch of a window lands within this.
 SETTLE_S = 0.5
@@ -232,28 +232,8 @@ def report(windows: list[Window], args: argparse.Namespace) -> str:
         cells = [w for w in windows if w.kind == kind]
         if not cells:
             continue
-        lines += ["", f"## {kind}: by package", ""]
-        lines.append("| package | " + " | ".join(w.target for w in cells) + " |")
-        lines.append("| --- |" + " --- |" * len(cells))
-        packages: Counter[str] = Counter()
-        for w in cells:
-            packages.update({p: w.per_call(n) for p, n in w.by_package().items()})
-        for package, _ in packages.most_common():
-            counts = [w.per_call(w.by_package()[package]) for w in cells]
-            lines.append(
-                f"| `{package}` | " + " | ".join(f"{c:,.0f}" for c in counts) + " |"
-            )
-        lines += ["", f"## {kind}: by file", ""]
-        lines.append("| file | " + " | ".join(w.target for w in cells) + " |")
-        lines.append("| --- |" + " --- |" * len(cells))
-        files: Counter[str] = Counter()
-        for w in cells:
-            files.update({f: w.per_call(n) for f, n in w.by_file().items()})
-        for file, _ in files.most_common(args.top):
-            counts = [w.per_call(w.by_file()[file]) for w in cells]
-            lines.append(
-                f"| `{file}` | " + " | ".join(f"{c:,.0f}" for c in counts) + " |"
-            )
+        lines += side_by_side(f"{kind}: by package", "package", cells, "by_package")
+        lines += side_by_side(f"{kind}: by file", "file", cells, "by_file", args.top)
         last = cells[-1]
         lines += [
             "",
@@ -270,12 +250,31 @@ def report(windows: list[Window], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def side_by_side(
+    title: str, heading: str, cells: list[Window], grouping: str, top: int | None = None
+) -> list[str]:
+    """A table of the cells' bytecodes per call by *grouping*, biggest first."""
+    groups = {w.target: getattr(w, grouping)() for w in cells}
+    totals: Counter[str] = Counter()
+    for w in cells:
+        totals.update({key: w.per_call(n) for key, n in groups[w.target].items()})
+    lines = ["", f"## {title}", ""]
+    lines.append(f"| {heading} | " + " | ".join(w.target for w in cells) + " |")
+    lines.append("| --- |" + " --- |" * len(cells))
+    for key, _ in totals.most_common(top):
+        counts = [w.per_call(groups[w.target][key]) for w in cells]
+        lines.append(f"| `{key}` | " + " | ".join(f"{c:,.0f}" for c in counts) + " |")
+    return lines
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         separator = sys.argv.index("--")
         module, *argv = sys.argv[separator + 1 :]
         run_traced(module, argv, Path(sys.argv[2]))
         return
+    from benchmarks.instructions import TARGETS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))

@@ -34,6 +34,16 @@ from aiohttp import hdrs, web
 from benchmarks.upstream import run
 from gateway.http1 import Pool, Reply
 
+# The relay's variants, by the name the benchmarks give them, and the
+# options that start each.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "relay": (),
+    # What the accounting costs apart from the client.
+    "relay-http1": ("--client", "http1"),
+    # What aiohttp's server costs.
+    "relay-raw": ("--server", "raw"),
+}
+
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 POOL = web.AppKey("pool", Pool)
 

@@ -37,6 +37,7 @@ if __package__ in (None, ""):
 
 from benchmarks import benchdb, machine, procs
 from benchmarks.load import LoadResult, run_wrk, write_script
+from benchmarks.relay import VARIANTS as RELAY_VARIANTS
 
 TARGETS = ("direct", "relay", "relay-http1", "tallygate", "nginx")
 # Measured only when asked for (--targets): a floor below the relay.
@@ -173,36 +174,17 @@ def start_targets(
     up_port = upstream.port
     targets = [Target("direct", up_port)]
     wanted = set(args.targets)
-    if "relay" in wanted:
+    for name, options in RELAY_VARIANTS.items():
+        if name not in wanted:
+            continue
         port = procs.free_port()
         child = procs.start_child(
-            "relay",
+            name,
             [python, "-m", "benchmarks.relay", "--port", str(port),
-             "--upstream", f"http://127.0.0.1:{up_port}"],
+             "--upstream", f"http://127.0.0.1:{up_port}", *options],
             port, tmp, env,
         )  # fmt: skip
-        targets.append(Target("relay", port, child))
-    if "relay-http1" in wanted:
-        # The same relay through the gateway's own upstream client: what the
-        # accounting costs apart from the client.
-        port = procs.free_port()
-        child = procs.start_child(
-            "relay-http1",
-            [python, "-m", "benchmarks.relay", "--port", str(port),
-             "--upstream", f"http://127.0.0.1:{up_port}", "--client", "http1"],
-            port, tmp, env,
-        )  # fmt: skip
-        targets.append(Target("relay-http1", port, child))
-    if "relay-raw" in wanted:
-        # The relay with no aiohttp server either: what that server costs.
-        port = procs.free_port()
-        child = procs.start_child(
-            "relay-raw",
-            [python, "-m", "benchmarks.relay", "--port", str(port),
-             "--upstream", f"http://127.0.0.1:{up_port}", "--server", "raw"],
-            port, tmp, env,
-        )  # fmt: skip
-        targets.append(Target("relay-raw", port, child))
+        targets.append(Target(name, port, child))
     if "tallygate" in wanted:
         port = procs.free_port()
         config = write_gateway_config(
