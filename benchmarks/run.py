@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -389,9 +389,11 @@ def summarise(cell: Cell, name: str) -> Summary:
         p99_ms=statistics.median(s.load.p99_ms for s in samples),
         added_p50_ms=statistics.median(added_p50),
         added_p99_ms=statistics.median(added_p99),
+        # The median of the rounds, as every figure here: a slow spell that
+        # falls on one round of one target does not carry the whole cell.
         cpu_us=(
-            sum(s.cpu_s for s in samples) / requests * 1e6
-            if name != "direct" and requests
+            statistics.median(cpu_per_call(s) for s in samples)
+            if name != "direct" and all(s.load.requests for s in samples)
             else None
         ),
         rss_mib=max(s.rss_mib for s in samples),
@@ -466,7 +468,8 @@ def render(
         "Ratios in parentheses are against the bare relay. Latency is to the last "
         "byte of the response (wrk), median of the per-round p50 / p99; *added* "
         "is the target's figure minus the direct run's in the same round. CPU is "
-        "utime+stime of the proxy process tree per answered request; RSS is the "
+        "utime+stime of the proxy process tree per answered request, median of "
+        "the rounds; RSS is the "
         "highest VmRSS seen after a cell. *Steal* is the median share of the "
         "machine's CPU time the hypervisor gave to other guests while wrk ran "
         "(`/proc/stat`): time a runnable process waited, which lands in the "
@@ -541,14 +544,23 @@ def ratio(value: float, limit: float) -> str:
     return f"{value:.2f}×"
 
 
-def rounds_of_rps(cell: Cell) -> str:
+def cpu_per_call(sample: Sample) -> float:
+    """The proxy's CPU per answered call in one round, in µs."""
+    return sample.cpu_s / sample.load.requests * 1e6
+
+
+def calls_per_second(sample: Sample) -> float:
+    return sample.load.rps
+
+
+def round_by_round(cell: Cell, figure: Callable[[Sample], float]) -> str:
     """
-    tallygate's requests per second over the relay's, round by round: the
-    two ran next to each other, so a slow spell of the machine moves both.
-    The verdict stays on the medians; these show how far the noise reaches.
+    tallygate's *figure* over the relay's, round by round: the two ran next
+    to each other, so a slow spell of the machine moves both. The verdict
+    stays on the medians; these show how far the noise reaches.
     """
     pairs = zip(cell.samples["tallygate"], cell.samples["relay"], strict=False)
-    ratios = [g.load.rps / r.load.rps for g, r in pairs if r.load.rps]
+    ratios = [figure(g) / figure(r) for g, r in pairs if figure(r)]
     if not ratios:
         return ""
     return f" (round by round {', '.join(f'{x:.2f}×' for x in ratios)})"
@@ -578,7 +590,8 @@ def check_targets(
             r = gw.cpu_us / relay.cpu_us
             yield (
                 f"CPU per call ≤ 1.2× relay ({cell.label})",
-                f"{gw.cpu_us:.0f} vs {relay.cpu_us:.0f} µs = {ratio(r, 1.2)}",
+                f"{gw.cpu_us:.0f} vs {relay.cpu_us:.0f} µs = {ratio(r, 1.2)}"
+                + round_by_round(cell, cpu_per_call),
                 r <= 1.2,
             )
         if cell.connections == 1:
@@ -599,7 +612,7 @@ def check_targets(
             yield (
                 f"RPS ≥ 0.9× relay ({cell.label})",
                 f"{gw.rps:,.0f} vs {relay.rps:,.0f} = {ratio(r, 0.9)}"
-                f"{rounds_of_rps(cell)}",
+                f"{round_by_round(cell, calls_per_second)}",
                 r >= 0.9,
             )
             yield (
