@@ -314,20 +314,25 @@ def test_a_placement_moves_the_chain_and_the_server_and_gives_them_back() -> Non
             child.wait()
 
 
+def verdicts(cell: run.Cell) -> dict[str, tuple[str, bool | None]]:
+    """The targets' verdicts of a cell of tallygate and the relay, by target."""
+    summaries = {
+        (cell.label, name): run.summarise(cell, name) for name in ("tallygate", "relay")
+    }
+    return {
+        what: (measured, ok)
+        for what, measured, ok in run.check_targets([cell], summaries, {})
+    }
+
+
 def test_the_rps_verdict_shows_each_rounds_ratio() -> None:
     cell = run.Cell(streamed=True, connections=32)
     for gateway_rps, relay_rps in ((2834, 2013), (3780, 3778), (2694, 3844)):
         cell.samples["tallygate"].append(a_sample(gateway_rps, 1.0, 0.1))
         cell.samples["relay"].append(a_sample(relay_rps, 1.0, None))
     cell.samples["direct"] = cell.samples["relay"]
-    summaries = {
-        (cell.label, name): run.summarise(cell, name) for name in ("tallygate", "relay")
-    }
 
-    checks = {
-        what: (measured, ok)
-        for what, measured, ok in run.check_targets([cell], summaries, {})
-    }
+    checks = verdicts(cell)
 
     measured, ok = checks["RPS ≥ 0.9× relay (streamed, 32 conn)"]
     # Judged on the medians, 2,834 against 3,778.
@@ -351,14 +356,8 @@ def test_the_cpu_verdict_takes_the_median_round_and_shows_each() -> None:
                 dataclasses.replace(sample, cpu_s=us * calls / 1e6)
             )
     cell.samples["direct"] = cell.samples["relay"]
-    summaries = {
-        (cell.label, name): run.summarise(cell, name) for name in ("tallygate", "relay")
-    }
 
-    checks = {
-        what: (measured, ok)
-        for what, measured, ok in run.check_targets([cell], summaries, {})
-    }
+    checks = verdicts(cell)
 
     measured, ok = checks["CPU per call ≤ 1.2× relay (streamed, 32 conn)"]
     # Pooled over the rounds, the slow one would have made it 243 vs 201 µs.
