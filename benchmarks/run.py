@@ -337,7 +337,7 @@ def describe_sample(number: int, cell: Cell, name: str, sample: Sample) -> str:
     rows = "" if sample.rows is None else f" rows {sample.rows}/{sample.answered}"
     cpu = ""
     if name != "direct" and load.requests:
-        cpu = f" cpu {sample.cpu_s / load.requests * 1e6:.0f} µs/req"
+        cpu = f" cpu {cpu_per_call(sample):.0f} µs/req"
     return (
         f"round {number + 1} {cell.label:<20} {name:<10} {load.rps:8.0f} rps "
         f"p50 {load.p50_ms:6.2f} ms p99 {load.p99_ms:6.2f} ms"
