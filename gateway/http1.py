@@ -251,6 +251,11 @@ class Reply:
         """Whether the whole body has arrived and been read."""
         return self._done and not self._pieces
 
+    @property
+    def ready(self) -> bool:
+        """Whether ``readany`` gives bytes or the end at once: no wait, no error."""
+        return bool(self._pieces) or self._done
+
     async def readany(self) -> bytes:
         """Return the body bytes that arrived since the last read; b"" at the end."""
         while not self._pieces:

@@ -505,6 +505,86 @@ async def start_raw_upstream(answer: bytes) -> tuple[asyncio.Server, str, list[b
     return server, f"http://127.0.0.1:{port}/v1", requests
 
 
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+FIRST_EVENT = (
+    b'data: {"id":"chatcmpl-h","object":"chat.completion.chunk","model":"gpt-4o-mini",'
+    b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}\n\n'
+)
+LAST_EVENTS = (
+    b'data: {"id":"chatcmpl-h","object":"chat.completion.chunk","model":"gpt-4o-mini",'
+    b'"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1,'
+    b'"total_tokens":6}}\n\ndata: [DONE]\n\n'
+)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@pytest.mark.parametrize(
+    "split",
+    [0, 40, len(FIRST_EVENT)],
+    ids=["head-alone", "head-and-part-of-an-event", "head-and-an-event"],
+)
+async def test_a_streams_head_reaches_the_client_while_the_upstream_holds_the_rest(
+    aiohttp_client: Any, make_settings: Any, db_pool: asyncpg.Pool, split: int
+) -> None:
+    """
+    The answer's head may wait for bytes that came with it, never for the
+    upstream: a client sees it while the upstream works on what follows.
+    """
+    release = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.partition(b":")[2])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        # The head and what comes with it, in one write; the rest on release.
+        first = FIRST_EVENT[:split]
+        writer.write(STREAM_HEAD + (chunk(first) if first else b""))
+        await release.wait()
+        rest = FIRST_EVENT[split:] + LAST_EVENTS
+        writer.write(chunk(rest) + b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = make_settings(
+        upstreams={"openai": {"base_url": f"http://127.0.0.1:{port}/v1"}}
+    )
+    client = await aiohttp_client(create_app(settings))
+
+    try:
+        # Held back, the head would wait for the release that never comes.
+        resp = await asyncio.wait_for(
+            client.post(CHAT, json=chat_body(stream=True)), timeout=10
+        )
+        status = resp.status
+    finally:
+        release.set()
+    body = await resp.read()
+    server.close()
+    await server.wait_closed()
+
+    assert status == 200
+    # The usage chunk the gateway asked for is hidden again.
+    assert body == FIRST_EVENT + b"data: [DONE]\n\n"
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["input_tokens"], row["output_tokens"], row["usage_complete"]) == (
+        5,
+        1,
+        True,
+    )
+
+
 @pytest.mark.parametrize(
     "answer",
     [
