@@ -507,20 +507,8 @@ class Connection(asyncio.Protocol):
                 line = data[pos:eol]
                 pos = eol + 2
                 if state == SIZE_LINE:
-                    remaining = _CHUNK_SIZES.get(line)
-                    if remaining is None:
-                        remaining = chunk_size(line)
-                    if not remaining:
-                        state = TRAILERS
-                        continue
-                    # The usual read holds the whole chunk and its CRLF: take
-                    # it here rather than in two more turns of the loop.
-                    stop = pos + remaining
-                    if data[stop : stop + 2] == b"\r\n":
-                        out.append(data[pos:stop])
-                        pos, remaining = stop + 2, 0
-                    else:
-                        state = CHUNK_DATA
+                    remaining = chunk_size(line)
+                    state = CHUNK_DATA if remaining else TRAILERS
                 elif not line:
                     # The blank line after the last chunk and its trailers.
                     if out:
