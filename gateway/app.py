@@ -22,7 +22,13 @@ from aiohttp import web
 from gateway import __version__, api, budgets, dashboard, db, proxy, telegram
 from gateway.clock import Clock, utc_now
 from gateway.config import Settings
-from gateway.errors import GatewayError, error_body, json_error
+from gateway.errors import (
+    GatewayError,
+    error_body,
+    internal_error,
+    json_error,
+    refused,
+)
 from gateway.keys import (
     ADMISSION,
     CLOCK,
@@ -59,11 +65,7 @@ async def error_middleware(
     try:
         return await handler(request)
     except GatewayError as exc:
-        log.info(
-            "%s %s refused: %s", request.method, request.path, exc.message,
-            extra={"status": exc.status, "code": exc.code},
-        )  # fmt: skip
-        return exc.response()
+        return refused(request.method, request.path, exc)
     except web.HTTPException as exc:
         if exc.status < 400 or request.path.startswith("/dashboard"):
             raise
@@ -76,10 +78,7 @@ async def error_middleware(
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_error(
-            500, error_body("internal gateway error", "server_error", "internal_error")
-        )
+        return internal_error(request.method, request.path)
 
 
 def spawn(

@@ -19,10 +19,13 @@ Every error leaves the gateway as OpenAI does it:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+log = logging.getLogger(__name__)
 
 
 class GatewayError(Exception):
@@ -96,4 +99,21 @@ def json_error(
         body=orjson.dumps(body),
         content_type="application/json",
         headers=headers,
+    )
+
+
+def refused(method: str, path: str, exc: GatewayError) -> web.Response:
+    """Log a refused request once and return its answer."""
+    log.info(
+        "%s %s refused: %s", method, path, exc.message,
+        extra={"status": exc.status, "code": exc.code},
+    )  # fmt: skip
+    return exc.response()
+
+
+def internal_error(method: str, path: str) -> web.Response:
+    """Log the exception being handled (a bug) and return the 500 answer."""
+    log.exception("unhandled error on %s %s", method, path)
+    return json_error(
+        500, error_body("internal gateway error", "server_error", "internal_error")
     )
