@@ -14,6 +14,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -26,6 +27,9 @@ from gateway.sse import StreamScanner
 from gateway.tags import CallTags
 from gateway.upstream import Upstream
 from gateway.usage import Usage, estimate_tokens, model_name, usage_from_body
+
+if TYPE_CHECKING:
+    from gateway.proxy import Incoming
 
 UNKNOWN_MODEL = "unknown"
 
@@ -94,7 +98,7 @@ def check_gateway_key(
     return label or None
 
 
-async def read_body(request: web.Request, max_bytes: int) -> bytes:
+async def read_body(request: Incoming, max_bytes: int) -> bytes:
     """Return the whole request body; raise BodyTooLarge past *max_bytes*."""
     size = request.content_length
     if size is not None and size > max_bytes:

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.config import Settings, load_settings
+from gateway.config import ServerSettings, Settings, load_settings
 from gateway.demo import add_demo_command
 from gateway.errors import ConfigError
 from gateway.report import add_report_command
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("gateway")
 
@@ -85,8 +90,6 @@ async def settle_garbage_collector(app: object) -> None:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
-
     from gateway.app import create_app
 
     server = settings.server
@@ -103,17 +106,62 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     )
     app = create_app(settings)
     app.on_startup.append(settle_garbage_collector)
-    web.run_app(
-        app,
-        host=server.host,
-        port=server.port,
-        shutdown_timeout=server.drain_timeout_s,
-        access_log=None,
-        print=None,
-        loop=loop,
-        handle_signals=True,
-    )
+    run_until_stopped(serve_app(app, server), loop)
     return 0
+
+
+async def serve_app(app: web.Application, server: ServerSettings) -> None:
+    """Serve *app* until cancelled, then drain and clean up as run_app does."""
+    from aiohttp import web
+
+    from gateway.front import FrontSite
+
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=True,
+        shutdown_timeout=server.drain_timeout_s,
+    )
+    await runner.setup()
+    try:
+        site: web.BaseSite
+        if server.front_door == "gateway":
+            site = FrontSite(runner, host=server.host, port=server.port)
+        else:
+            site = web.TCPSite(runner, server.host, server.port, reuse_address=True)
+        await site.start()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def run_until_stopped(
+    main: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop
+) -> None:
+    """
+    Run *main* on *loop* until SIGINT or SIGTERM (aiohttp's GracefulExit),
+    then let it clean up, cancel what is left, and close the loop.
+    """
+    from aiohttp import web
+
+    task = loop.create_task(main)
+    try:
+        loop.run_until_complete(task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        try:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    loop.run_until_complete(task)
+        finally:
+            left = asyncio.all_tasks(loop)
+            for other in left:
+                other.cancel()
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
 
 def migrate(args: argparse.Namespace, settings: Settings) -> int:

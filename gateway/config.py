@@ -84,6 +84,10 @@ class ServerSettings(Section):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call /api (CORS)."
     )
+    front_door: Literal["gateway", "aiohttp"] = Field(
+        "gateway",
+        description="Who reads plain proxied requests: the gateway, or aiohttp.",
+    )
 
 
 class DatabaseSettings(Section):

@@ -40,9 +40,10 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 from time import perf_counter
+from typing import Any, Protocol
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.calls import (
     Call,
@@ -109,9 +110,48 @@ class HeadWithFirstBytes(web.StreamResponse):
     # aiohttp's own switch: web.Response turns it off the same way. An aiohttp
     # without it sends the head at prepare(), as for any StreamResponse.
     _send_headers_immediately = False
+    holds_head = hasattr(web.StreamResponse, "_send_headers_immediately")
 
 
-HOLDS_HEAD = hasattr(web.StreamResponse, "_send_headers_immediately")
+class Incoming(Protocol):
+    """
+    What the proxy reads of a request: aiohttp's ``web.Request``, or the
+    front door's own for the plain calls it reads itself (``front``).
+    """
+
+    app: web.Application
+    method: str
+    raw_path: str
+    headers: CIMultiDict[str] | CIMultiDictProxy[str]
+    content_length: int | None
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def body_exists(self) -> bool: ...
+    @property
+    def transport(self) -> asyncio.BaseTransport | None: ...
+    async def read(self) -> bytes: ...
+
+
+class StreamedAnswer(Protocol):
+    """What ``relay_stream`` writes a relayed answer to."""
+
+    holds_head: bool
+    content_length: int | None
+
+    async def prepare(self, request: Any) -> Any: ...
+    async def write(self, data: bytes) -> None: ...
+    async def write_eof(self, data: bytes = b"") -> None: ...
+
+
+def open_stream(
+    request: Incoming, status: int, reason: str, headers: CIMultiDict[str]
+) -> StreamedAnswer:
+    """The answer a stream is relayed into: aiohttp's, or the front door's."""
+    if isinstance(request, web.BaseRequest):
+        return HeadWithFirstBytes(status=status, reason=reason, headers=headers)
+    return request.stream_answer(status, reason, headers)  # type: ignore[attr-defined]
 
 
 def setup(app: web.Application) -> None:
@@ -133,7 +173,7 @@ def setup(app: web.Application) -> None:
         app.router.add_route("*", f"/{name}/v1/{{rest:.*}}", forward)
 
 
-async def forward(request: web.Request) -> web.StreamResponse:
+async def forward(request: Incoming) -> web.StreamResponse | StreamedAnswer:
     """Proxy one call and record it; the handler of every proxied route."""
     started = perf_counter()
     app = request.app
@@ -181,7 +221,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         )
 
 
-async def admit(request: web.Request, proxy: Proxy) -> Call:
+async def admit(request: Incoming, proxy: Proxy) -> Call:
     """Check and read the request; return the call, or raise why it is refused."""
     path = split_target(request.raw_path)
     headers = request.headers
@@ -222,7 +262,7 @@ async def admit(request: web.Request, proxy: Proxy) -> Call:
     )
 
 
-async def relay(request: web.Request, call: Call) -> web.StreamResponse:
+async def relay(request: Incoming, call: Call) -> web.StreamResponse | StreamedAnswer:
     """Send *call* upstream and relay its answer to the client."""
     upstream = call.upstream
     assert upstream.pool is not None, "upstream pools open on startup"
@@ -269,12 +309,12 @@ async def relay_whole(
 
 
 async def relay_stream(
-    request: web.Request,
+    request: Incoming,
     call: Call,
     reply: Reply,
     headers: CIMultiDict[str],
     sent: float,
-) -> web.StreamResponse:
+) -> StreamedAnswer:
     """
     Relay an answer read by read; an accounted one is an event stream,
     watched for its usage on the way.
@@ -282,10 +322,8 @@ async def relay_stream(
     # The answer's head waits for the first bytes that came with it (from a
     # fast upstream, nearly always): one send to the client instead of two.
     # It never waits for the upstream (below).
-    response = HeadWithFirstBytes(
-        status=reply.status, reason=reply.reason, headers=headers
-    )
-    head_held = HOLDS_HEAD
+    response = open_stream(request, reply.status, reply.reason, headers)
+    head_held = response.holds_head
     scanner: StreamScanner | None = None
     if call.accounted:
         call.streamed = True

@@ -19,9 +19,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from gateway import db
 from gateway.config import DatabaseSettings, Settings, load_settings
+from gateway.keys import SETTINGS
+from tests.harness import FrontTestServer
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 TABLES = ("llm_usage", "llm_usage_daily", "gateway_once", "gateway_state")
@@ -97,13 +101,49 @@ async def db_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    doors = getattr(metafunc.module, "FRONT_DOORS", None)
+    if doors and "front_door" in metafunc.fixturenames:
+        metafunc.parametrize("front_door", doors, indirect=True)
+
+
 @pytest.fixture
-def make_settings(database_url: str, tmp_path: Path) -> Any:
+def front_door(request: pytest.FixtureRequest) -> str:
+    """
+    Who reads proxied requests in this test's gateways: the gateway's own
+    door, as served by default, or each in turn in a module that names them
+    in ``FRONT_DOORS``.
+    """
+    return getattr(request, "param", "gateway")
+
+
+@pytest.fixture
+def make_settings(database_url: str, tmp_path: Path, front_door: str) -> Any:
     """Build Settings for a test: the run's database, a data dir of its own."""
 
     def build(**sections: Any) -> Settings:
         database = {"url": database_url, "data_dir": str(tmp_path / "data")}
         database.update(sections.pop("database", {}))
-        return load_settings(environ={}, database=database, **sections)
+        server = {"front_door": front_door, **sections.pop("server", {})}
+        return load_settings(environ={}, database=database, server=server, **sections)
 
     return build
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: Any) -> Any:
+    """
+    pytest-aiohttp's client, with a gateway served as ``tallygate serve``
+    serves it: behind its front door unless its settings say aiohttp.
+    """
+
+    async def start(app_or_server: Any, **kwargs: Any) -> TestClient:
+        if (
+            isinstance(app_or_server, web.Application)
+            and SETTINGS in app_or_server
+            and app_or_server[SETTINGS].server.front_door == "gateway"
+        ):
+            app_or_server = FrontTestServer(app_or_server)
+        return await aiohttp_client(app_or_server, **kwargs)
+
+    return start

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +16,18 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
-from gateway.keys import RECORDER
+from gateway.front import Front, FrontSite
+from gateway.keys import RECORDER, SETTINGS
 from tests.fake_upstream import FakeUpstream
 
 CHAT = "/v1/chat/completions"
+
+# A module about proxied calls sets ``FRONT_DOORS = BOTH_FRONT_DOORS``: each
+# of its tests that builds settings then runs behind the gateway's front door
+# and behind aiohttp's server (``server.front_door``; see conftest).
+BOTH_FRONT_DOORS = ("gateway", "aiohttp")
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
@@ -103,26 +111,50 @@ class LiveGateway:
     host: str
     port: int
     session: aiohttp.ClientSession
+    # The front door's shared state (None behind aiohttp's server).
+    front: Front | None = None
 
     def url(self, path: str) -> str:
         return f"http://{self.host}:{self.port}{path}"
 
 
+class FrontTestServer(TestServer):
+    """aiohttp's test server, with the gateway's front door on its socket."""
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        self._loop = loop
+        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        await self.runner.setup()
+        sock = self.socket_factory(self.host, self.port or 0, socket.AF_INET)
+        self.host, self.port = sock.getsockname()[:2]
+        await FrontSite(self.runner, sock=sock).start()
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+
 @contextlib.asynccontextmanager
 async def serving(app: web.Application) -> AsyncIterator[LiveGateway]:
     """
-    Serve *app* on a free loopback port with aiohttp's defaults, as run_app does.
+    Serve *app* on a free loopback port as ``tallygate serve`` does: behind
+    the front door unless its settings say aiohttp, with aiohttp's defaults.
 
     aiohttp's test server cancels a handler whose client left; the real
     server lets it finish, and that is what the gateway's rows depend on.
     """
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site: web.BaseSite
+    if app[SETTINGS].server.front_door == "gateway":
+        site = FrontSite(runner, host="127.0.0.1", port=0)
+    else:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
         async with aiohttp.ClientSession() as session:
-            yield LiveGateway(app, host, port, session)
+            front = site.front if isinstance(site, FrontSite) else None
+            yield LiveGateway(app, host, port, session, front)
     finally:
         await runner.cleanup()

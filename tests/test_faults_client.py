@@ -18,6 +18,7 @@ import pytest
 from gateway.app import create_app
 from tests.fake_upstream import FakeUpstream
 from tests.harness import (
+    BOTH_FRONT_DOORS,
     CHAT,
     LiveGateway,
     chat_body,
@@ -29,6 +30,8 @@ from tests.harness import (
     upstreams_at,
 )
 from tests.test_recorder import assert_rollup_matches_rows, wait_until
+
+FRONT_DOORS = BOTH_FRONT_DOORS
 
 CONCURRENT_CALLS = 300
 

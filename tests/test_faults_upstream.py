@@ -24,6 +24,7 @@ from gateway.sse import MAX_EVENT_BYTES, StreamScanner
 from gateway.usage import estimate_tokens
 from tests.fake_upstream import FakeUpstream
 from tests.harness import (
+    BOTH_FRONT_DOORS,
     CHAT,
     chat_body,
     rows_when,
@@ -31,6 +32,8 @@ from tests.harness import (
     stored_rows,
     upstreams_at,
 )
+
+FRONT_DOORS = BOTH_FRONT_DOORS
 
 Gateway = Callable[..., Awaitable[TestClient]]
 EMPTY_CHUNK = b'data: {"choices": []}\n\n'

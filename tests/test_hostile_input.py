@@ -24,6 +24,7 @@ from gateway.keys import METRICS
 from gateway.tags import MAX_TAGS, MAX_VALUE_CHARS
 from tests.fake_upstream import FakeUpstream
 from tests.harness import (
+    BOTH_FRONT_DOORS,
     CHAT,
     body_of,
     chat_body,
@@ -33,6 +34,8 @@ from tests.harness import (
     stored_rows,
     upstreams_at,
 )
+
+FRONT_DOORS = BOTH_FRONT_DOORS
 
 Gateway = Callable[..., Awaitable[TestClient]]
 BODY = orjson.dumps(chat_body())

@@ -25,6 +25,9 @@ from gateway.errors import BudgetExceeded
 from gateway.keys import ADMISSION, METRICS, RECORDER
 from tests.fake_upstream import FakeUpstream
 from tests.fixtures import recorded
+from tests.harness import BOTH_FRONT_DOORS
+
+FRONT_DOORS = BOTH_FRONT_DOORS
 
 NOW = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
 CLIENT_KEY = "sk-client-secret-123"

@@ -25,8 +25,17 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from tests.conftest import TABLES
 from tests.fake_upstream import FakeUpstream
-from tests.harness import CHAT, chat_body, start_fake, stored_rows, upstreams_at
+from tests.harness import (
+    BOTH_FRONT_DOORS,
+    CHAT,
+    chat_body,
+    start_fake,
+    stored_rows,
+    upstreams_at,
+)
 from tests.test_recorder import wait_until
+
+FRONT_DOORS = BOTH_FRONT_DOORS
 
 CLIENT_KEY = "sk-client-SECRET-c1f3a9d0"
 WRONG_KEY = "sk-wrong-SECRET-77aa01"
