@@ -114,13 +114,14 @@ async def serve_app(app: web.Application, server: ServerSettings) -> None:
     """Serve *app* until cancelled, then drain and clean up as run_app does."""
     from aiohttp import web
 
-    from gateway.front import FrontSite
+    from gateway.front import KEEPALIVE_S, FrontSite
 
     runner = web.AppRunner(
         app,
         access_log=None,
         handle_signals=True,
         shutdown_timeout=server.drain_timeout_s,
+        keepalive_timeout=KEEPALIVE_S,
     )
     await runner.setup()
     try:

@@ -52,8 +52,9 @@ log = logging.getLogger(__name__)
 # applies its own limits (8,190 bytes a line, 128 headers) and answers 400.
 MAX_HEAD_BYTES = 8190
 MAX_HEADERS = 100
-# aiohttp's default: an idle keep-alive connection is closed after this.
-KEEPALIVE_S = 3630.0
+# An idle keep-alive connection is closed after this: aiohttp's run_app
+# default, which tallygate serve used before it had a door, for both doors.
+KEEPALIVE_S = 75.0
 # Bytes read ahead while a call is answered (pipelined requests) before the
 # door stops reading from that client.
 MAX_READ_AHEAD = 256 * 1024

@@ -24,8 +24,10 @@ import asyncpg
 import pytest
 
 from tests.fake_upstream import FakeUpstream
+from tests.harness import BOTH_FRONT_DOORS
 from tests.test_recorder import assert_rollup_matches_rows
 
+FRONT_DOORS = BOTH_FRONT_DOORS
 ROOT = Path(__file__).resolve().parents[1]
 FLUSH_INTERVAL_MS = 100
 WORKERS = 24
@@ -59,7 +61,11 @@ class Load:
 
 @pytest.fixture
 async def gateway(
-    aiohttp_server: Any, db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+    aiohttp_server: Any,
+    db_pool: asyncpg.Pool,
+    database_url: str,
+    tmp_path: Path,
+    front_door: str,
 ) -> AsyncIterator[Gateway]:
     """A gateway process on the run's (emptied) database and a fake upstream."""
     fake = FakeUpstream()
@@ -70,7 +76,7 @@ async def gateway(
     config = tmp_path / "config.toml"
     config.write_text(
         f'[server]\nhost = "127.0.0.1"\nport = {port}\ndrain_timeout_s = 10\n'
-        'log_level = "WARNING"\n'
+        f'log_level = "WARNING"\nfront_door = "{front_door}"\n'
         f'[database]\nurl = "{database_url}"\ndata_dir = "{tmp_path / "data"}"\n'
         f"[recorder]\nflush_interval_ms = {FLUSH_INTERVAL_MS}\n"
         f'[upstreams.openai]\nbase_url = "{upstream.make_url("/v1")}"\n'
