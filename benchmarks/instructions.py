@@ -35,9 +35,9 @@ from pathlib import Path
 from benchmarks import benchdb, machine, procs
 from benchmarks.load import run_wrk, write_script
 from benchmarks.relay import VARIANTS as RELAY_VARIANTS
-from benchmarks.run import CHAT_PATH, write_gateway_config
+from benchmarks.run import CHAT_PATH, GATEWAYS, write_gateway_config
 
-TARGETS = (*RELAY_VARIANTS, "tallygate")
+TARGETS = (*RELAY_VARIANTS, *GATEWAYS)
 # What callgrind slows a Python server by here, about: startup needs room.
 STARTUP_S = 180
 WARMUP_S = 2.0
@@ -97,8 +97,12 @@ def target_argv(
     name: str, tmp: Path, port: int, up_port: int, database_url: str
 ) -> list[str]:
     """The command that serves proxy *name* on *port* (``python -m ...``)."""
-    if name == "tallygate":
-        config = write_gateway_config(tmp, port, up_port, database_url, "WARNING")
+    if name in GATEWAYS:
+        directory = tmp / name
+        directory.mkdir(exist_ok=True)
+        config = write_gateway_config(
+            directory, port, up_port, database_url, "WARNING", GATEWAYS[name]
+        )
         return [procs.PYTHON, "-m", "gateway", "serve", "--config", str(config)]
     argv = [procs.PYTHON, "-m", "benchmarks.relay", "--port", str(port)]
     return [*argv, "--upstream", f"http://127.0.0.1:{up_port}", *RELAY_VARIANTS[name]]
@@ -134,9 +138,7 @@ async def measure(args: argparse.Namespace) -> list[Window]:
             for streamed in (False, True):
                 run_wrk(target_url, scripts[streamed], 1, WARMUP_S)
                 await asyncio.sleep(SETTLE_S)
-                rows_before = (
-                    await benchdb.count_rows(url) if name == "tallygate" else 0
-                )
+                rows_before = await benchdb.count_rows(url) if name in GATEWAYS else 0
                 before = dumps(tmp, name, child.pid)
                 control(child.pid, "--zero")
                 control(child.pid, "--instr=on")
@@ -146,7 +148,7 @@ async def measure(args: argparse.Namespace) -> list[Window]:
                 control(child.pid, "--dump")
                 total = dumped_totals(tmp, name, child.pid, before)
                 window = Window(name, streamed, load.requests, total)
-                if name == "tallygate":
+                if name in GATEWAYS:
                     await asyncio.sleep(1.0)
                     window.rows = await benchdb.count_rows(url) - rows_before
                 windows.append(window)

@@ -40,8 +40,11 @@ from benchmarks.load import LoadResult, run_wrk, write_script
 from benchmarks.relay import VARIANTS as RELAY_VARIANTS
 
 TARGETS = ("direct", "relay", "relay-http1", "tallygate", "nginx")
-# Measured only when asked for (--targets): a floor below the relay.
-OPTIONAL_TARGETS = ("relay-raw",)
+# Measured only when asked for (--targets): a floor below the relay, and
+# tallygate behind aiohttp's server instead of its own front door.
+OPTIONAL_TARGETS = ("relay-raw", "tallygate-aiohttp")
+# The gateways among the targets, and the front door each is served behind.
+GATEWAYS = {"tallygate": "gateway", "tallygate-aiohttp": "aiohttp"}
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.md"
 USAGE_ASKED = {
     False: "streams do not ask for usage: the gateway asks and hides the chunk",
@@ -102,7 +105,12 @@ def upstream_count(port: int) -> int:
 
 
 def write_gateway_config(
-    directory: Path, port: int, upstream_port: int, database_url: str, log_level: str
+    directory: Path,
+    port: int,
+    upstream_port: int,
+    database_url: str,
+    log_level: str,
+    front_door: str = "gateway",
 ) -> Path:
     path = directory / "tallygate.toml"
     path.write_text(
@@ -111,6 +119,7 @@ def write_gateway_config(
 host = "127.0.0.1"
 port = {port}
 log_level = "{log_level}"
+front_door = "{front_door}"
 
 [database]
 url = "{database_url}"
@@ -185,17 +194,21 @@ def start_targets(
             port, tmp, env,
         )  # fmt: skip
         targets.append(Target(name, port, child))
-    if "tallygate" in wanted:
+    for name, door in GATEWAYS.items():
+        if name not in wanted:
+            continue
         port = procs.free_port()
+        directory = tmp / name
+        directory.mkdir()
         config = write_gateway_config(
-            tmp, port, up_port, database_url, args.gateway_log_level
+            directory, port, up_port, database_url, args.gateway_log_level, door
         )
         child = procs.start_child(
-            "tallygate",
+            name,
             [python, "-m", "gateway", "serve", "--config", str(config)],
-            port, tmp, env, startup_s=60,
+            port, directory, env, startup_s=60,
         )  # fmt: skip
-        targets.append(Target("tallygate", port, child))
+        targets.append(Target(name, port, child))
     if "nginx" in wanted:
         if machine.tool_version(["nginx", "-v"]) == "not installed":
             print("nginx not installed; skipped (apt-get install -y nginx)")
@@ -248,7 +261,7 @@ async def measure(
     database's core while wrk runs.
     """
     answered_before = upstream_count(upstream_port)
-    accounted = target.name == "tallygate"
+    accounted = target.name in GATEWAYS
     rows_before = await benchdb.count_rows(database_url) if accounted else 0
     server = server if accounted else None
     database_before = procs.cpu_seconds(server) if server else 0.0
@@ -502,19 +515,20 @@ def render(
         f"{name} {value:.1f} MiB" for name, value in peaks.items()
     ) + ".", ""]  # fmt: skip
     database = [
-        (cell.label, s)
+        (cell.label, name, s)
         for cell in cells
-        if (s := summaries.get((cell.label, "tallygate"))) and s.database_us
+        for name in GATEWAYS
+        if (s := summaries.get((cell.label, name))) and s.database_us
     ]
     if database:
         lines += [
-            "The database's CPU while tallygate ran (every process of the local "
+            "The database's CPU while a gateway ran (every process of the local "
             "PostgreSQL server: the batch inserts and their rollup triggers; not "
             "in the CPU column, on the same cores): "
             + "; ".join(
-                f"{label} {s.database_us:.0f} µs per call, "
+                f"{label}, {name}: {s.database_us:.0f} µs per call, "
                 f"{s.database_share:.1%} of a core"
-                for label, s in database
+                for label, name, s in database
             )
             + ". `python -m benchmarks.cotenant` runs the relay beside a busy "
             "loop that burns as much.",
@@ -700,9 +714,10 @@ async def main_async(args: argparse.Namespace) -> int:
     print(report)
     print(f"written to {args.output}")
     gateway = [
-        (cell.label, summarise(cell, "tallygate"))
+        (f"{cell.label}, {name}", summarise(cell, name))
         for cell in cells
-        if "tallygate" in cell.samples
+        for name in GATEWAYS
+        if name in cell.samples
     ]
     lost = [(label, s) for label, s in gateway if s.rows != s.answered or s.errors]
     if lost:
