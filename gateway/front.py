@@ -596,6 +596,11 @@ class FrontSite(web.BaseSite):
             )
 
     async def stop(self) -> None:
+        """
+        Stop listening and drain the doors' calls (``Front.shutdown``). The
+        runner then drains the connections handed to aiohttp, with the same
+        timeout: a shutdown with slow calls behind both waits up to twice it.
+        """
         if self._server is not None:
             self._server.close()
         if self._front is not None:
