@@ -23,12 +23,12 @@ from gateway.keys import RECORDER, SETTINGS
 from tests.fake_upstream import FakeUpstream
 
 CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "hi"}]
 
 # A module about proxied calls sets ``FRONT_DOORS = BOTH_FRONT_DOORS``: each
 # of its tests that builds settings then runs behind the gateway's front door
 # and behind aiohttp's server (``server.front_door``; see conftest).
 BOTH_FRONT_DOORS = ("gateway", "aiohttp")
-MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 async def start_fake(aiohttp_server: Any) -> FakeUpstream:
