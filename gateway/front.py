@@ -418,7 +418,9 @@ class Door(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         delay = KEEPALIVE_S
-        if self.call is None:
+        # A body still arriving is a call begun: aiohttp's server would be
+        # reading it in the handler, with no timeout, and so does the door.
+        if self.call is None and self.pending is None:
             waited = loop.time() - self.idle_since
             if waited >= KEEPALIVE_S:
                 self.close()

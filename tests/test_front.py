@@ -378,6 +378,21 @@ async def test_an_idle_connection_is_closed_and_a_busy_one_is_not(
         assert await asyncio.wait_for(reader.read(), 5) == b""
 
 
+async def test_an_upload_slower_than_the_idle_time_is_not_cut(
+    live: tuple[LiveGateway, FakeUpstream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway, fake = live
+    monkeypatch.setattr(front, "KEEPALIVE_S", 0.3)
+    request = plain_request()
+    async with connection(gateway) as (reader, writer):
+        writer.write(request[:-10])
+        await asyncio.sleep(0.8)
+        writer.write(request[-10:])
+        status, _, _ = await read_answer(reader)
+    assert status == 200
+    assert fake.received[0].body == orjson.dumps(chat_body())
+
+
 async def test_a_bug_is_a_500_and_the_connection_goes_on(
     live: tuple[LiveGateway, FakeUpstream],
     monkeypatch: pytest.MonkeyPatch,
