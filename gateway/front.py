@@ -145,10 +145,16 @@ def parse_request_head(head: bytes, max_body_bytes: int) -> RequestHead | None:
 
 
 class DoorRequest:
-    """What ``proxy.forward`` reads of a request the door took."""
+    """
+    What ``proxy.forward`` reads of a request the door took. Its call starts
+    with the head, as under aiohttp; a body still arriving is awaited by
+    ``read`` (the client's time), and one whose client leaves first raises
+    ConnectionResetError there.
+    """
 
     __slots__ = (
         "app",
+        "arrival",
         "body",
         "content_length",
         "door",
@@ -157,14 +163,15 @@ class DoorRequest:
         "raw_path"
     )  # fmt: skip
 
-    def __init__(self, door: Door, head: RequestHead, body: bytes) -> None:
+    def __init__(self, door: Door, head: RequestHead) -> None:
         self.app = door.front.app
         self.door = door
         self.method = head.method
         self.raw_path = head.target
         self.headers = head.headers
         self.content_length = head.content_length
-        self.body = body
+        self.body = b""
+        self.arrival: asyncio.Future[bytes] | None = None
 
     @property
     def path(self) -> str:
@@ -172,13 +179,16 @@ class DoorRequest:
 
     @property
     def body_exists(self) -> bool:
-        return bool(self.body)
+        return bool(self.content_length)
 
     @property
     def transport(self) -> asyncio.Transport | None:
         return self.door.transport
 
     async def read(self) -> bytes:
+        if self.arrival is not None:
+            self.body = await self.arrival
+            self.arrival = None
         return self.body
 
     def stream_answer(
@@ -228,9 +238,9 @@ class Door(asyncio.Protocol):
         self.front = front
         self.transport: asyncio.Transport | None = None
         self.buffer: bytes | bytearray = b""
-        # The head of a request whose body is still arriving.
-        self.pending: tuple[RequestHead, int] | None = None
         self.call: asyncio.Task[None] | None = None
+        # The call whose body is still arriving, and its length.
+        self.receiving: DoorRequest | None = None
         self.close_after = False
         self.reading_paused = False
         self.writing_paused = False
@@ -259,6 +269,8 @@ class Door(asyncio.Protocol):
             self.buffer = data
         if self.call is None:
             self.take_request()
+        elif self.receiving is not None:
+            self.take_body(self.receiving)
         elif len(self.buffer) > MAX_READ_AHEAD and self.transport is not None:
             self.transport.pause_reading()
             self.reading_paused = True
@@ -273,6 +285,15 @@ class Door(asyncio.Protocol):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         self.wake_writer()
+        arrival = self.receiving.arrival if self.receiving is not None else None
+        if arrival is not None and not arrival.done():
+            arrival.set_exception(
+                ConnectionResetError("the client left during its upload")
+            )
+            # Marked as seen: read() raises it if the call gets that far. A
+            # call that never reads (refused first) has cleared ``receiving``
+            # by then on both event loops; this keeps it quiet if not.
+            arrival.exception()
         # A call in flight is not cancelled: it finishes, its writes fail,
         # and its row is written, as under aiohttp's server.
 
@@ -286,35 +307,45 @@ class Door(asyncio.Protocol):
     # Reading requests
 
     def take_request(self) -> None:
-        """Start the call the buffer holds, wait for the rest of it, or hand off."""
+        """Start the call whose head the buffer holds, wait for one, or hand off."""
         buffer = self.buffer
-        if self.pending is None:
-            end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
-            if end < 0:
-                if len(buffer) >= MAX_HEAD_BYTES + 4:
-                    self.hand_off()
-                return
-            head = parse_request_head(bytes(buffer[:end]), self.front.max_body_bytes)
-            if self.front.closing:
-                self.close()
-                return
-            if head is None or not head.target.startswith(self.front.prefixes):
+        end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
+        if end < 0:
+            if len(buffer) >= MAX_HEAD_BYTES + 4:
                 self.hand_off()
-                return
-            self.pending = (head, end + 4 + (head.content_length or 0))
-        head, stop = self.pending
-        if len(buffer) < stop:
             return
-        self.pending = None
-        start = stop - (head.content_length or 0)
-        body = bytes(buffer[start:stop])
-        self.buffer = buffer[stop:]
+        head = parse_request_head(bytes(buffer[:end]), self.front.max_body_bytes)
+        if self.front.closing:
+            self.close()
+            return
+        if head is None or not head.target.startswith(self.front.prefixes):
+            self.hand_off()
+            return
+        self.buffer = buffer[end + 4 :]
         self.close_after = head.close
-        request = DoorRequest(self, head, body)
+        request = DoorRequest(self, head)
+        if head.content_length:
+            self.receiving = request
+            self.take_body(request)
         call = asyncio.get_running_loop().create_task(self.answer(request))
         self.call = call
         self.front.calls.add(call)
         call.add_done_callback(self.front.calls.discard)
+
+    def take_body(self, request: DoorRequest) -> None:
+        """Give *request* its body once the buffer holds all of it."""
+        length = request.content_length or 0
+        buffer = self.buffer
+        if len(buffer) < length:
+            if request.arrival is None:
+                request.arrival = asyncio.get_running_loop().create_future()
+            return
+        body, self.buffer = bytes(buffer[:length]), buffer[length:]
+        self.receiving = None
+        if request.arrival is None:
+            request.body = body
+        elif not request.arrival.done():
+            request.arrival.set_result(body)
 
     def hand_off(self) -> None:
         """Give the connection, and what it sent so far, to aiohttp for good."""
@@ -348,6 +379,11 @@ class Door(asyncio.Protocol):
                 raise
             except Exception:
                 answer = internal_error(request.method, request.path)
+            if self.receiving is not None:
+                # Answered before its body was read whole (refused, say): the
+                # rest of the body cannot be told from the next request.
+                self.receiving = None
+                self.close_after = True
             if isinstance(answer, web.Response):
                 self.send(whole_answer(answer, self.close_after))
             elif not (isinstance(answer, StreamAnswer) and answer.finished):
@@ -418,9 +454,7 @@ class Door(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         delay = KEEPALIVE_S
-        # A body still arriving is a call begun: aiohttp's server would be
-        # reading it in the handler, with no timeout, and so does the door.
-        if self.call is None and self.pending is None:
+        if self.call is None:
             waited = loop.time() - self.idle_since
             if waited >= KEEPALIVE_S:
                 self.close()

@@ -379,7 +379,9 @@ async def test_an_idle_connection_is_closed_and_a_busy_one_is_not(
 
 
 async def test_an_upload_slower_than_the_idle_time_is_not_cut(
-    live: tuple[LiveGateway, FakeUpstream], monkeypatch: pytest.MonkeyPatch
+    live: tuple[LiveGateway, FakeUpstream],
+    monkeypatch: pytest.MonkeyPatch,
+    db_pool: asyncpg.Pool,
 ) -> None:
     gateway, fake = live
     monkeypatch.setattr(front, "KEEPALIVE_S", 0.3)
@@ -391,6 +393,25 @@ async def test_an_upload_slower_than_the_idle_time_is_not_cut(
         status, _, _ = await read_answer(reader)
     assert status == 200
     assert fake.received[0].body == orjson.dumps(chat_body())
+    # The call began with its head, as behind aiohttp: the upload is in its time.
+    (row,) = await stored_rows(gateway.app, db_pool)
+    assert row["response_time_ms"] >= 700
+
+
+async def test_a_call_refused_before_its_body_arrived_closes_the_connection(
+    live: tuple[LiveGateway, FakeUpstream],
+) -> None:
+    gateway, fake = live
+    request = plain_request(extra=b"X-Purpose: " + b"p" * 300 + b"\r\n")
+    async with connection(gateway) as (reader, writer):
+        writer.write(request[:-10])
+        status, headers, body = await read_answer(reader)
+        # What is left of the body cannot be told from a next request.
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert status == 400
+    assert headers["connection"] == "close"
+    assert orjson.loads(body)["error"]["code"] == "invalid_tag_header"
+    assert fake.received == []
 
 
 async def test_a_bug_is_a_500_and_the_connection_goes_on(
