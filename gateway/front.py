@@ -239,7 +239,7 @@ class Door(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer: bytes | bytearray = b""
         self.call: asyncio.Task[None] | None = None
-        # The call whose body is still arriving, and its length.
+        # The call whose body is still arriving.
         self.receiving: DoorRequest | None = None
         self.close_after = False
         self.reading_paused = False
@@ -314,33 +314,39 @@ class Door(asyncio.Protocol):
             if len(buffer) >= MAX_HEAD_BYTES + 4:
                 self.hand_off()
             return
-        head = parse_request_head(bytes(buffer[:end]), self.front.max_body_bytes)
         if self.front.closing:
             self.close()
             return
+        head = parse_request_head(bytes(buffer[:end]), self.front.max_body_bytes)
         if head is None or not head.target.startswith(self.front.prefixes):
             self.hand_off()
             return
-        self.buffer = buffer[end + 4 :]
         self.close_after = head.close
         request = DoorRequest(self, head)
         if head.content_length:
             self.receiving = request
-            self.take_body(request)
+            self.take_body(request, end + 4)
+        else:
+            self.buffer = buffer[end + 4 :]
         call = asyncio.get_running_loop().create_task(self.answer(request))
         self.call = call
         self.front.calls.add(call)
         call.add_done_callback(self.front.calls.discard)
 
-    def take_body(self, request: DoorRequest) -> None:
-        """Give *request* its body once the buffer holds all of it."""
-        length = request.content_length or 0
+    def take_body(self, request: DoorRequest, start: int = 0) -> None:
+        """
+        Give *request* its body, from *start* in the buffer, once the buffer
+        holds all of it: sliced out once, straight after the head.
+        """
+        stop = start + (request.content_length or 0)
         buffer = self.buffer
-        if len(buffer) < length:
+        if len(buffer) < stop:
             if request.arrival is None:
                 request.arrival = asyncio.get_running_loop().create_future()
+            if start:
+                self.buffer = buffer[start:]
             return
-        body, self.buffer = bytes(buffer[:length]), buffer[length:]
+        body, self.buffer = bytes(buffer[start:stop]), buffer[stop:]
         self.receiving = None
         if request.arrival is None:
             request.body = body
