@@ -205,30 +205,27 @@ class Front:
         self.app = app
         self.handler_factory = handler_factory
         self.max_body_bytes = settings.server.max_body_bytes
-        self.drain_timeout_s = settings.server.drain_timeout_s
         # A prefix an admin token or CORS would apply to stays aiohttp's.
         prefixes = ["/v1/"] + [f"/{name}/v1/" for name in settings.upstreams]
         self.prefixes = tuple(p for p in prefixes if not access.is_protected(p))
         self.doors: set[Door] = set()
-        self.calls: set[asyncio.Task[None]] = set()
+        # The proxy's: aiohttp's calls are in it too, and drained with these.
+        self.calls = app[proxy.PROXY].calls
         self.closing = False
 
     def __call__(self) -> Door:
         return Door(self)
 
-    async def shutdown(self) -> None:
-        """Close idle connections; give started calls the drain time, then cancel."""
+    def shutdown(self) -> None:
+        """
+        Take no more calls and close idle connections. Started calls go on:
+        the runner gives them the drain time (``Proxy.drain_calls``), and
+        each door closes once its call is answered.
+        """
         self.closing = True
         for door in list(self.doors):
             if door.call is None:
                 door.close()
-        if self.calls:
-            _, late = await asyncio.wait(list(self.calls), timeout=self.drain_timeout_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        for door in list(self.doors):
-            door.close()
 
 
 class Door(asyncio.Protocol):
@@ -638,13 +635,9 @@ class FrontSite(web.BaseSite):
             )
 
     async def stop(self) -> None:
-        """
-        Stop listening and drain the doors' calls (``Front.shutdown``). The
-        runner then drains the connections handed to aiohttp, with the same
-        timeout: a shutdown with slow calls behind both waits up to twice it.
-        """
+        """Stop listening and taking calls; the runner drains those started."""
         if self._server is not None:
             self._server.close()
         if self._front is not None:
-            await self._front.shutdown()
+            self._front.shutdown()
         await super().stop()

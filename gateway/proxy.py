@@ -99,6 +99,19 @@ class Proxy:
             (key.key.get_secret_value().encode(), key.label)
             for key in settings.server.gateway_keys
         ]
+        self.drain_timeout_s = settings.server.drain_timeout_s
+        # Every call started and not yet answered, behind either door: a
+        # shutdown gives them the drain time together (``drain_calls``).
+        self.calls: set[asyncio.Task[Any]] = set()
+
+    async def drain_calls(self) -> None:
+        """Give the started calls ``drain_timeout_s`` to finish; cancel the rest."""
+        if not self.calls:
+            return
+        _, late = await asyncio.wait(list(self.calls), timeout=self.drain_timeout_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -167,10 +180,29 @@ def setup(app: web.Application) -> None:
         async with open_pools(proxy.upstreams.values()):
             yield
 
+    async def drain(app: web.Application) -> None:
+        await proxy.drain_calls()
+
     app.cleanup_ctx.append(pools)
-    app.router.add_route("*", "/v1/{rest:.*}", forward)
+    # aiohttp's runner calls this once the listeners are closed, before its
+    # own drain of the connections (which would give a call twice the time:
+    # a graceful wait, then one more after it stops reading bodies).
+    app.on_shutdown.append(drain)
+    app.router.add_route("*", "/v1/{rest:.*}", serve)
     for name in settings.upstreams:
-        app.router.add_route("*", f"/{name}/v1/{{rest:.*}}", forward)
+        app.router.add_route("*", f"/{name}/v1/{{rest:.*}}", serve)
+
+
+async def serve(request: web.Request) -> web.StreamResponse:
+    """``forward`` as aiohttp's server runs it, held in ``Proxy.calls`` meanwhile."""
+    calls = request.app[PROXY].calls
+    task = asyncio.current_task()
+    assert task is not None
+    calls.add(task)
+    try:
+        return await forward(request)  # type: ignore[return-value]
+    finally:
+        calls.discard(task)
 
 
 async def forward(request: Incoming) -> web.StreamResponse | StreamedAnswer:

@@ -215,10 +215,11 @@ def plain_request(
     *,
     extra: bytes = b"",
     path: bytes = CHAT.encode(),
+    version: bytes = b"HTTP/1.1",
 ) -> bytes:
     data = orjson.dumps(body or chat_body())
     return (
-        b"POST " + path + b" HTTP/1.1\r\nHost: gateway\r\n"
+        b"POST " + path + b" " + version + b"\r\nHost: gateway\r\n"
         b"Content-Type: application/json\r\n" + extra
         + b"Content-Length: %d\r\n\r\n" % len(data) + data
     )  # fmt: skip

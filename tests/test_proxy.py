@@ -9,6 +9,7 @@ the fixed call time below, which is in DeepSeek's standard-price hours).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,7 +26,9 @@ from gateway.errors import BudgetExceeded
 from gateway.keys import ADMISSION, METRICS, RECORDER
 from tests.fake_upstream import FakeUpstream
 from tests.fixtures import recorded
-from tests.harness import BOTH_FRONT_DOORS
+from tests.harness import BOTH_FRONT_DOORS, serving, upstreams_at
+from tests.test_front import connection, plain_request
+from tests.test_recorder import wait_until
 
 FRONT_DOORS = BOTH_FRONT_DOORS
 
@@ -707,3 +710,31 @@ async def test_a_refused_admission_reaches_no_upstream(
     assert fake.received == []
     assert client.server.app[METRICS].rejected["budget_exceeded"] == 1
     assert await rows(client) == []
+
+
+async def test_a_shutdown_gives_every_started_call_one_drain_time(
+    fake: FakeUpstream, make_settings: Any, db_pool: asyncpg.Pool
+) -> None:
+    # Behind the front door the HTTP/1.0 call is aiohttp's to serve: calls
+    # behind both are drained together, not one door's after the other's.
+    fake.stall_next(3.0)
+    fake.stall_next(3.0)
+    settings = make_settings(
+        upstreams=upstreams_at(fake.base_url),  # type: ignore[attr-defined]
+        server={"drain_timeout_s": 1.0},
+    )
+    async with contextlib.AsyncExitStack() as clients:
+        async with serving(create_app(settings)) as live:
+            calls = [await clients.enter_async_context(connection(live)) for _ in "ab"]
+            calls[0][1].write(plain_request())
+            calls[1][1].write(plain_request(version=b"HTTP/1.0"))
+            await wait_until(lambda: len(fake.received) == 2, "both calls upstream")
+        for reader, _ in calls:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+
+    rows = await db_pool.fetch("SELECT status, error, response_time_ms FROM llm_usage")
+    assert [(r["status"], r["error"]) for r in rows] == [
+        (499, "client_disconnected")
+    ] * 2
+    # Cut at the drain time (1 s); aiohttp's own drain would give it twice.
+    assert all(900 <= r["response_time_ms"] < 1600 for r in rows), rows
