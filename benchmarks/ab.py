@@ -11,8 +11,14 @@ with B's ratios to A. On this shared machine an A/B of one checkout against
 itself gave 0.98× over 4 rounds and 0.83× over 2: use 4 rounds or more, and
 repeat a run before believing a difference under 10-15 %.
 
+With ``--database-core``, each turn keeps wrk, the upstream and the gateway
+off the last core and every PostgreSQL process on it, as ``benchmarks.run``
+does in its cells "database on its own core": the way to compare the tails
+of two checkouts at one connection without the database's batch in them.
+
     git worktree add /tmp/before HEAD~1
     python -m benchmarks.ab --other /tmp/before --streamed --rounds 4
+    python -m benchmarks.ab --other /tmp/before --connections 1 --database-core
 """
 
 from __future__ import annotations
@@ -75,6 +81,13 @@ async def compare(args: argparse.Namespace) -> None:
             targets.append((name, child))
         await asyncio.sleep(2)  # startup's collection and freeze
         server = await procs.postmaster_pid(url)
+        placement = None
+        if args.database_core:
+            placement = procs.Placement.for_this_machine(server)
+            if placement is None:
+                raise SystemExit(
+                    "--database-core needs two cores, root and a local server"
+                )
         totals = {name: Turns() for name, _ in targets}
         for round_no in range(args.rounds):
             turn = round_no % len(targets)
@@ -82,12 +95,21 @@ async def compare(args: argparse.Namespace) -> None:
                 before = procs.cpu_seconds(child.pid)
                 server_before = procs.cpu_seconds(server) if server else 0.0
                 ticks_before = machine.cpu_ticks()
-                load = run_wrk(
-                    f"http://127.0.0.1:{child.port}{CHAT_PATH}",
-                    script,
-                    args.connections,
-                    args.duration,
-                )
+                cpus = None
+                if placement is not None:
+                    placement.apply([upstream.pid, child.pid])
+                    cpus = placement.chain_cpus
+                try:
+                    load = run_wrk(
+                        f"http://127.0.0.1:{child.port}{CHAT_PATH}",
+                        script,
+                        args.connections,
+                        args.duration,
+                        cpus=cpus,
+                    )
+                finally:
+                    if placement is not None:
+                        placement.release()
                 turns = totals[name]
                 turns.steals.append(
                     machine.steal_share(ticks_before, machine.cpu_ticks())
@@ -110,8 +132,9 @@ async def compare(args: argparse.Namespace) -> None:
 
 def report(totals: dict[str, Turns], args: argparse.Namespace) -> None:
     kind = "streamed" if args.streamed else "plain"
+    own = ", database on its own core" if args.database_core else ""
     print(
-        f"{kind}, {args.connections} connections, {args.rounds} rounds of "
+        f"{kind}, {args.connections} connections{own}, {args.rounds} rounds of "
         f"{args.duration:g} s; B is {args.other}"
     )
     base: tuple[float, float, float] | None = None
@@ -143,6 +166,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds a turn")
     parser.add_argument("--server", default=benchdb.LOCAL_SERVER, help="PostgreSQL")
+    parser.add_argument(
+        "--database-core", action="store_true",
+        help="PostgreSQL on the last core, the rest of the chain off it",
+    )  # fmt: skip
     args = parser.parse_args()
     if not (args.other / "gateway" / "__init__.py").is_file():
         parser.error(f"{args.other} is not a tallygate checkout")
