@@ -148,6 +148,11 @@ class ModelPrice(Section):
 class RecorderSettings(Section):
     flush_interval_ms: int = Field(100, gt=0, description="Longest a record waits.")
     batch_size: int = Field(1000, gt=0, description="Most records per write.")
+    statement_rows: int = Field(
+        30,
+        gt=0,
+        description="Most rows per insert of a small batch (under 500 records).",
+    )
     max_queue: int = Field(
         50_000, gt=0, description="High-water mark: past it records go to the spool."
     )

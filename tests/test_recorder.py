@@ -134,21 +134,24 @@ async def test_rows_and_rollup_agree_after_thousands_of_records(
     await assert_rollup_matches_rows(db_pool)
 
 
-# A batch smaller than COPY_AT_ROWS goes by the JSON statement, a larger one
-# by COPY: each test of write_batch runs through both.
+# A batch smaller than COPY_AT_ROWS goes by JSON inserts (one, or several of
+# statement_rows each), a larger one by COPY: each test of write_batch runs
+# through all three.
 BOTH_STATEMENTS = pytest.mark.parametrize(
-    "size", [50, COPY_AT_ROWS], ids=["json-insert", "copy"]
+    ("size", "rows"),
+    [(50, None), (50, 16), (COPY_AT_ROWS, None)],
+    ids=["json-insert", "json-inserts", "copy"],
 )
 
 
 @BOTH_STATEMENTS
 async def test_a_batch_written_twice_is_stored_and_counted_once(
-    db_pool: asyncpg.Pool, size: int
+    db_pool: asyncpg.Pool, size: int, rows: int | None
 ) -> None:
     batch = [make_record(i) for i in range(size)]
 
-    first = await write_batch(db_pool, batch)
-    second = await write_batch(db_pool, batch + batch[:3])
+    first = await write_batch(db_pool, batch, statement_rows=rows)
+    second = await write_batch(db_pool, batch + batch[:3], statement_rows=rows)
 
     assert (first, second) == (size, 0)
     assert await db_pool.fetchval("SELECT sum(calls) FROM llm_usage_daily") == size
@@ -157,14 +160,16 @@ async def test_a_batch_written_twice_is_stored_and_counted_once(
 
 @BOTH_STATEMENTS
 async def test_a_batch_holding_some_stored_rows_stores_only_the_new_ones(
-    db_pool: asyncpg.Pool, size: int
+    db_pool: asyncpg.Pool, size: int, rows: int | None
 ) -> None:
     """COPY refuses the whole batch; the conflict-skipping insert takes it."""
     stored = [make_record(i) for i in range(size)]
-    await write_batch(db_pool, stored)
+    await write_batch(db_pool, stored, statement_rows=rows)
     fresh = [make_record(i) for i in range(size, 2 * size)]
 
-    added = await write_batch(db_pool, [*fresh[:10], *stored[5:8], *fresh[10:]])
+    added = await write_batch(
+        db_pool, [*fresh[:10], *stored[5:8], *fresh[10:]], statement_rows=rows
+    )
 
     assert added == size
     assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 2 * size
@@ -173,13 +178,15 @@ async def test_a_batch_holding_some_stored_rows_stores_only_the_new_ones(
 
 @BOTH_STATEMENTS
 async def test_a_conflicting_batch_inside_a_transaction_leaves_it_usable(
-    db_pool: asyncpg.Pool, size: int
+    db_pool: asyncpg.Pool, size: int, rows: int | None
 ) -> None:
     stored = [make_record(i) for i in range(size)]
-    await write_batch(db_pool, stored)
+    await write_batch(db_pool, stored, statement_rows=rows)
 
     async with db_pool.acquire() as conn, conn.transaction():
-        added = await write_batch(conn, [*stored, make_record(size)])
+        added = await write_batch(
+            conn, [*stored, make_record(size)], statement_rows=rows
+        )
         in_transaction = await conn.fetchval("SELECT count(*) FROM llm_usage")
 
     assert (added, in_transaction) == (1, size + 1)
@@ -199,9 +206,15 @@ async def test_a_conflicting_batch_inside_a_transaction_leaves_it_usable(
 )
 @BOTH_STATEMENTS
 async def test_each_kind_of_unstorable_value_costs_only_its_own_record(
-    db_pool: asyncpg.Pool, tmp_path: Path, fields: dict[str, object], size: int
+    db_pool: asyncpg.Pool,
+    tmp_path: Path,
+    fields: dict[str, object],
+    size: int,
+    rows: int | None,
 ) -> None:
-    recorder = Recorder(db_pool, RecorderSettings(), tmp_path)
+    recorder = Recorder(
+        db_pool, RecorderSettings(statement_rows=rows or 1000), tmp_path
+    )
     await recorder.start()
     good = [make_record(i) for i in range(size)]
     bad = make_record(size, **fields)
@@ -213,6 +226,27 @@ async def test_each_kind_of_unstorable_value_costs_only_its_own_record(
     assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == size
     assert bad.request_id.encode() in (tmp_path / "rejected.jsonl").read_bytes()
     assert recorder.spool_depth == 0
+    await assert_rollup_matches_rows(db_pool)
+
+
+async def test_a_small_batch_is_stored_in_inserts_of_statement_rows_each(
+    db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    settings = RecorderSettings(flush_interval_ms=60_000, statement_rows=30)
+    recorder = Recorder(db_pool, settings, tmp_path)
+    await recorder.start()
+
+    for i in range(100):
+        recorder.submit(make_record(i))
+    await recorder.flush()
+    await recorder.close()
+
+    # Each insert is a transaction of its own: its rows share their xmin.
+    transactions = await db_pool.fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM llm_usage"
+    )
+    assert transactions == 4
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 100
     await assert_rollup_matches_rows(db_pool)
 
 
