@@ -82,6 +82,8 @@ EVENT_STREAM = "text/event-stream"
 NEVER_SENT = (CannotConnect, InvalidRequestHeader)
 # Recorded for a call whose client left before any status was known (nginx's).
 CLIENT_CLOSED = 499
+# The status stored for a call the shutdown cut before it had one of its own.
+GATEWAY_GONE = 503
 
 
 class Proxy:
@@ -103,15 +105,30 @@ class Proxy:
         # Every call started and not yet answered, behind either door: a
         # shutdown gives them the drain time together (``drain_calls``).
         self.calls: set[asyncio.Task[Any]] = set()
+        # Set when the drain time is over: a call cancelled now was cut by the
+        # shutdown, not left by its client, and its row says so.
+        self.cutting = False
 
     async def drain_calls(self) -> None:
         """Give the started calls ``drain_timeout_s`` to finish; cancel the rest."""
         if not self.calls:
             return
         _, late = await asyncio.wait(list(self.calls), timeout=self.drain_timeout_s)
+        if not late:
+            return
+        log.warning(
+            "%d calls still running after the %g s drain time; cut",
+            len(late),
+            self.drain_timeout_s,
+        )
+        self.cutting = True
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
+
+    def cut_reason(self) -> str:
+        """Why a call's task was cancelled: the shutdown, or its client leaving."""
+        return "gateway_shutdown" if self.cutting else "client_disconnected"
 
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -233,11 +250,14 @@ async def forward(request: Incoming) -> web.StreamResponse | StreamedAnswer:
         log.warning("%s: %s", call.target.endpoint, exc.message)
         return exc.response({REQUEST_ID_HEADER: call.request_id})
     except asyncio.CancelledError:
-        # The client hung up before the answer was relayed whole.
-        call.error = call.error or "client_disconnected"
+        # The client hung up before the answer was relayed whole, or the
+        # shutdown's drain time ran out.
+        proxy = app[PROXY]
+        call.error = call.error or proxy.cut_reason()
         if call.usage is None:
             call.usage_complete = False
-        call.status = call.status or CLIENT_CLOSED
+        if not call.status:
+            call.status = GATEWAY_GONE if proxy.cutting else CLIENT_CLOSED
         raise
     finally:
         elapsed_s = perf_counter() - started
@@ -429,8 +449,9 @@ async def relay_stream(
         reply.close()
     except asyncio.CancelledError:
         # aiohttp cancels the handler of a client that hung up (when
-        # handler_cancellation is on); the row is still written by forward.
-        call.error = "client_disconnected"
+        # handler_cancellation is on), and a shutdown the calls it cannot
+        # wait for; the row is still written by forward.
+        call.error = request.app[PROXY].cut_reason()
         reply.close()
         raise
     finally:
