@@ -153,8 +153,8 @@ async def write_batch(
     # Between two inserts the server waits for the next, and a process woken
     # on its core gets that core: one statement of a flush interval's ~300
     # rows held it for some 7 ms, which at one connection on two shared cores
-    # was the calls' p99 (2.5-2.9 ms, against 1.3-1.4 ms in inserts of 30 rows,
-    # for 1.12-1.22x the database's CPU). Each is its own transaction, so that
+    # was the calls' p99 (2.5-2.9 ms, against 1.3-1.7 ms in inserts of 30 rows,
+    # for 1.12-1.31x the database's CPU). Each is its own transaction, so that
     # replicas still take the rollup rows in one order (sql/004).
     step = statement_rows or len(records) or 1
     stored = 0
