@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -128,6 +129,7 @@ async def compare(args: argparse.Namespace) -> None:
         for child in reversed(children):
             child.stop()
         await benchdb.drop_database(args.server, url)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def report(totals: dict[str, Turns], args: argparse.Namespace) -> None:

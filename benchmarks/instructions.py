@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -158,6 +159,7 @@ async def measure(args: argparse.Namespace) -> list[Window]:
         for child in reversed(children):
             child.stop(timeout_s=60)
         await benchdb.drop_database(args.server, url)
+        shutil.rmtree(tmp, ignore_errors=True)
     return windows
 
 

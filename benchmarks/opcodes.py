@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import os
 import runpy
+import shutil
 import signal
 import sys
 import tempfile
@@ -203,6 +204,7 @@ async def measure(args: argparse.Namespace) -> list[Window]:
     finally:
         upstream.stop(timeout_s=30)
         await benchdb.drop_database(args.server, url)
+        shutil.rmtree(tmp, ignore_errors=True)
     return windows
 
 
