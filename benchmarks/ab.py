@@ -96,11 +96,7 @@ async def compare(args: argparse.Namespace) -> None:
                 before = procs.cpu_seconds(child.pid)
                 server_before = procs.cpu_seconds(server) if server else 0.0
                 ticks_before = machine.cpu_ticks()
-                cpus = None
-                if placement is not None:
-                    placement.apply([upstream.pid, child.pid])
-                    cpus = placement.chain_cpus
-                try:
+                with procs.placed(placement, [upstream.pid, child.pid]) as cpus:
                     load = run_wrk(
                         f"http://127.0.0.1:{child.port}{CHAT_PATH}",
                         script,
@@ -108,9 +104,6 @@ async def compare(args: argparse.Namespace) -> None:
                         args.duration,
                         cpus=cpus,
                     )
-                finally:
-                    if placement is not None:
-                        placement.release()
                 turns = totals[name]
                 turns.steals.append(
                     machine.steal_share(ticks_before, machine.cpu_ticks())

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,3 +274,21 @@ class Placement:
                 born = thread_ids(tree_pids(root))
                 pin([tid for tid in born if tid not in self.moved], cpus)
         self.moved, self.roots = {}, []
+
+
+@contextlib.contextmanager
+def placed(
+    placement: Placement | None, chain: Sequence[int]
+) -> Iterator[set[int] | None]:
+    """
+    The cores for wrk while *placement* holds the *chain* (the upstream and
+    the proxy) off the database's core; None, and nothing moved, without one.
+    """
+    if placement is None:
+        yield None
+        return
+    placement.apply(chain)
+    try:
+        yield placement.chain_cpus
+    finally:
+        placement.release()

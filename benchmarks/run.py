@@ -267,18 +267,11 @@ async def measure(
     database_before = procs.cpu_seconds(server) if server else 0.0
     cpu_before = procs.cpu_seconds(target.pid) if target.pid else 0.0
     chain = [pid for pid in (upstream_pid, target.pid) if pid]
-    cpus = None
-    if placement is not None:
-        placement.apply(chain)
-        cpus = placement.chain_cpus
-    ticks_before = machine.cpu_ticks()
-    try:
+    with procs.placed(placement, chain) as cpus:
+        ticks_before = machine.cpu_ticks()
         load = await asyncio.to_thread(
             run_wrk, target.url, script, connections, duration_s, 1, cpus
         )
-    finally:
-        if placement is not None:
-            placement.release()
     steal = machine.steal_share(ticks_before, machine.cpu_ticks())
     rss = procs.rss_mib(target.pid) if target.pid else 0.0
     # Let calls that were in flight when wrk stopped finish upstream.
