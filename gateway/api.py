@@ -151,6 +151,7 @@ def render_call(row: Mapping[str, Any]) -> dict[str, Any]:
         "output_tokens": row["output_tokens"],
         "reasoning_tokens": row["reasoning_tokens"],
         "cost": usd(row["total_cost_usd"]),
+        "service_tier": row["service_tier"],
         "response_time_ms": row["response_time_ms"],
         "status": row["status"],
         "streamed": row["streamed"],

@@ -57,6 +57,8 @@ class Call:
     streamed: bool = False
     usage: Usage | None = None
     reported_model: str | None = None
+    # The tier the upstream says served the call ("flex", "priority", ...).
+    service_tier: str | None = None
     usage_complete: bool = True
     usage_estimated: bool = False
     # Output tokens to estimate when usage never came (stream chunks seen).
@@ -140,8 +142,9 @@ def read_call_options(rest: str, body: bytes) -> tuple[str | None, bytes | None]
 
 def take_body_usage(call: Call, body: bytes) -> None:
     """Take the usage and model of a whole answer *body* into *call*."""
-    usage, model = usage_from_body(body)
+    usage, model, tier = usage_from_body(body)
     call.reported_model = model
+    call.service_tier = tier
     call.usage = usage
     if usage is None and 200 <= call.status < 300:
         # A success without usage: bill what the sizes suggest, say so.
@@ -153,6 +156,7 @@ def take_body_usage(call: Call, body: bytes) -> None:
 def take_stream_usage(call: Call, scanner: StreamScanner) -> None:
     """Take what *scanner* saw of a stream, however it ended, into *call*."""
     call.reported_model = scanner.model
+    call.service_tier = scanner.service_tier
     call.usage = scanner.usage
     if scanner.usage is None:
         call.usage_complete = False
@@ -178,7 +182,13 @@ def build_record(
             call.usage_estimated = True
     model = call.reported_model or call.requested_model or UNKNOWN_MODEL
     upstream = call.upstream
-    cost = prices.cost(model, usage, provider=upstream.provider, at=timestamp)
+    cost = prices.cost(
+        model,
+        usage,
+        provider=upstream.provider,
+        at=timestamp,
+        service_tier=call.service_tier,
+    )
     tags = call.tags
     return UsageRecord(
         request_id=call.request_id,
@@ -197,6 +207,7 @@ def build_record(
         output_cost_usd=cost.output_usd if cost else None,
         total_cost_usd=cost.total_usd if cost else None,
         price_source=cost.source if cost else None,
+        service_tier=call.service_tier,
         usage_complete=call.usage_complete,
         usage_estimated=call.usage_estimated,
         purpose=tags.purpose,

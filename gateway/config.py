@@ -137,11 +137,18 @@ class UpstreamSettings(Section):
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
 
-class ModelPrice(Section):
+class TierPrice(Section):
     input: Decimal = Field(ge=0, description="USD per million input tokens.")
     output: Decimal = Field(ge=0, description="USD per million output tokens.")
     cached_input: Decimal | None = Field(
         None, ge=0, description="USD per million cached input tokens (input if unset)."
+    )
+
+
+class ModelPrice(TierPrice):
+    service_tiers: dict[str, TierPrice] = Field(
+        default_factory=dict,
+        description="Prices at the service tiers the upstream names (flex, ...).",
     )
 
 
@@ -416,7 +423,12 @@ def model_in(annotation: Any) -> type[BaseModel] | None:
 # -- the reference table the README carries -----------------------------------
 
 # How the keys of a table of named entries are written in the reference.
-ENTRY_NAMES = {"upstreams": "<name>", "pricing": '"<model>"', "purposes": "<purpose>"}
+ENTRY_NAMES = {
+    "upstreams": "<name>",
+    "pricing": '"<model>"',
+    "service_tiers": "<tier>",
+    "purposes": "<purpose>",
+}
 TYPE_NAMES: dict[Any, str] = {
     str: "string",
     int: "integer",

@@ -32,7 +32,7 @@ from gateway.errors import BadParameter, BadRequest
 from gateway.keys import CLOCK, DATABASE, PRICES, RECORDER, SETTINGS
 from gateway.pricing import PriceBook
 from gateway.record import UsageRecord, new_request_id
-from gateway.usage import MAX_MODEL_CHARS, MAX_TOKENS, Usage
+from gateway.usage import MAX_MODEL_CHARS, MAX_TOKENS, Usage, service_tier_name
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ FIELDS = frozenset(
         "request_id",
         "upstream",
         "provider",
+        "service_tier",
     }
 )
 
@@ -213,6 +214,20 @@ def read_request_id(body: dict[str, Any]) -> str | None:
     return value
 
 
+def read_service_tier(body: dict[str, Any]) -> str | None:
+    value = body.get("service_tier")
+    if value is None:
+        return None
+    tier = service_tier_name(value)
+    if tier is None:
+        raise BadParameter(
+            "service_tier must be a lower-case word of at most 32 characters "
+            "(default, flex, priority)",
+            param="service_tier",
+        )
+    return tier
+
+
 def build_record(body: Any, now: datetime) -> tuple[UsageRecord, str | None]:
     """
     Check *body* and return the unpriced record and the price provider named.
@@ -255,6 +270,7 @@ def build_record(body: Any, now: datetime) -> tuple[UsageRecord, str | None]:
         ticker=read_text(body, "ticker", MAX_TAG_CHARS),
         cycle_id=read_text(body, "cycle_id", MAX_TAG_CHARS),
         response_time_ms=read_response_time_ms(body),
+        service_tier=read_service_tier(body),
     )
     return record, read_text(body, "provider", MAX_NAME_CHARS)
 
@@ -287,7 +303,13 @@ def price(app: web.Application, record: UsageRecord, provider: str | None) -> No
         reasoning_tokens=record.reasoning_tokens,
         total_tokens=record.total_tokens,
     )
-    cost = app[PRICES].cost(record.model, usage, provider=provider, at=record.timestamp)
+    cost = app[PRICES].cost(
+        record.model,
+        usage,
+        provider=provider,
+        at=record.timestamp,
+        service_tier=record.service_tier,
+    )
     if cost is not None:
         record.input_cost_usd = cost.input_usd
         record.output_cost_usd = cost.output_usd

@@ -161,6 +161,13 @@ SCHEMAS: dict[str, Schema] = {
             "output_tokens": INTEGER,
             "reasoning_tokens": INTEGER,
             "cost": nullable({**USD, "description": "null when unpriced."}),
+            "service_tier": nullable(
+                {
+                    **TEXT,
+                    "description": "The tier that served it, as the upstream"
+                    " named it (default, flex, priority); null: not named.",
+                }
+            ),
             "response_time_ms": {"type": "number", "minimum": 0},
             "status": {"type": "integer"},
             "streamed": {"type": "boolean"},
@@ -214,6 +221,14 @@ SCHEMAS: dict[str, Schema] = {
                 {
                     **text_of(64),
                     "description": "Price catalog provider id (openai, deepseek).",
+                }
+            ),
+            "service_tier": nullable(
+                {
+                    "type": "string",
+                    "pattern": "^[a-z0-9_-]{1,32}$",
+                    "description": "The tier that served the call (flex, priority):"
+                    " priced at that tier's rates.",
                 }
             ),
         },

@@ -17,6 +17,12 @@ Prices come from two places, in this order:
    upstream priced at some cloud's rates would be silently wrong. Without one,
    the catalog picks the provider from the model name.
 
+A call is priced at the service tier the upstream says served it (OpenAI's
+``service_tier``: ``flex`` at about half the standard rates, ``priority`` at
+more): by the override's ``service_tiers`` entry, or by the catalog's price
+for that tier. A tier the prices do not list, and ``default``, costs the
+standard rates; a tier the catalog does not list is warned about once.
+
 Cached input tokens are priced at the cached rate and the rest of the input at
 the input rate; reasoning tokens are part of the output and priced once. The
 arithmetic is Decimal throughout, and each part is rounded to 12 places (the
@@ -37,7 +43,7 @@ import genai_prices
 from genai_prices import data_snapshot
 from genai_prices import types as catalog
 
-from gateway.config import ModelPrice
+from gateway.config import ModelPrice, TierPrice
 from gateway.usage import MAX_TOKENS, Usage
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,9 @@ USD_PLACES = Decimal("1e-12")
 MAX_CACHED_MODELS = 4096
 
 _DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+# Tiers at the standard rates by definition: "auto" is only ever asked for.
+STANDARD_TIERS = frozenset({"default", "auto"})
 
 # Counts are capped at MAX_TOKENS (13 digits) and prices have a handful of
 # digits, so 40 digits hold every product exactly.
@@ -82,6 +91,8 @@ class _CatalogModel:
     model: catalog.ModelInfo
     # True when input, cached input and output rates are all that apply.
     is_simple: bool
+    # The service tiers the catalog prices apart from the standard rates.
+    tiers: frozenset[str]
 
 
 class PriceBook:
@@ -98,29 +109,40 @@ class PriceBook:
         self._catalog_for: dict[tuple[str | None, str], _CatalogModel | None] = {}
         self._snapshot = data_snapshot.get_snapshot()
         self._warned: set[str] = set()
+        self._warned_tiers: set[tuple[str, str]] = set()
         self._unknown_providers: set[str] = set()
 
     def cost(
-        self, model: str, usage: Usage, *, provider: str | None, at: datetime
+        self,
+        model: str,
+        usage: Usage,
+        *,
+        provider: str | None,
+        at: datetime,
+        service_tier: str | None = None,
     ) -> Cost | None:
         """
         Return what *usage* of *model* cost at *at*, or None when unpriced.
 
         *provider* is the catalog's provider id (``openai``, ``deepseek``), or
         None to find it from the model name. A naive *at* is taken as UTC.
+        *service_tier* is the tier the upstream named, None when it named none.
         """
         input_tokens, cached_tokens, output_tokens, reasoning_tokens = _counts(usage)
 
         override = self._override(model)
         if override is not None:
-            cached_rate = override.cached_input
+            tier_price: TierPrice = override
+            if service_tier is not None:
+                tier_price = override.service_tiers.get(service_tier, override)
+            cached_rate = tier_price.cached_input
             return _price(
                 input_tokens - cached_tokens,
                 cached_tokens,
                 output_tokens,
-                override.input,
-                override.input if cached_rate is None else cached_rate,
-                override.output,
+                tier_price.input,
+                tier_price.input if cached_rate is None else cached_rate,
+                tier_price.output,
                 SOURCE_CONFIG,
             )
 
@@ -130,12 +152,24 @@ class PriceBook:
             return None
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
+        context = None
+        if service_tier is not None:
+            if service_tier in found.tiers:
+                context = {"service_tier": service_tier}
+            elif service_tier not in STANDARD_TIERS:
+                self._warn_unpriced_tier(found.model.id, service_tier)
         if not found.is_simple:
             return self._price_by_catalog(
-                found, input_tokens, cached_tokens, output_tokens, reasoning_tokens, at
+                found,
+                input_tokens,
+                cached_tokens,
+                output_tokens,
+                reasoning_tokens,
+                at,
+                context,
             )
 
-        rates = found.model.get_prices(at)
+        rates = found.model.get_prices(at, context)
         input_rate = _rate(rates.input_mtok, input_tokens)
         cached_rate = _rate(rates.cache_read_mtok, input_tokens)
         return _price(
@@ -201,7 +235,12 @@ class PriceBook:
         except LookupError:
             return None
 
-        return _CatalogModel(found_provider, found_model, _is_simple(found_model))
+        return _CatalogModel(
+            found_provider,
+            found_model,
+            _is_simple(found_model),
+            _priced_tiers(found_provider, found_model),
+        )
 
     def _price_by_catalog(
         self,
@@ -211,6 +250,7 @@ class PriceBook:
         output_tokens: int,
         reasoning_tokens: int,
         at: datetime,
+        context: catalog.PriceContext | None,
     ) -> Cost | None:
         usage = genai_prices.Usage(
             input_tokens=input_tokens,
@@ -220,7 +260,7 @@ class PriceBook:
         )
         try:
             price = found.model.calc_price(
-                usage, found.provider, genai_request_timestamp=at
+                usage, found.provider, genai_request_timestamp=at, price_context=context
             )
         except ValueError:
             self._warn_unpriced(found.model.id, found.provider.id)
@@ -238,6 +278,18 @@ class PriceBook:
             "no price for model %s (provider %s): its calls are recorded without cost",
             model,
             provider or "any",
+        )
+
+    def _warn_unpriced_tier(self, model: str, tier: str) -> None:
+        key = (model, tier)
+        if key in self._warned_tiers or len(self._warned_tiers) >= MAX_CACHED_MODELS:
+            return
+        self._warned_tiers.add(key)
+        log.warning(
+            "the price catalog has no %s tier for model %s: its calls at that "
+            "tier are priced at the standard rates",
+            tier,
+            model,
         )
 
 
@@ -286,12 +338,29 @@ def _rate(price: object, input_tokens: int) -> Decimal | None:
     return None
 
 
+def _priced_tiers(
+    provider: catalog.Provider, model: catalog.ModelInfo
+) -> frozenset[str]:
+    """The service tiers *model* has prices of its own for at *provider*."""
+    # genai-prices applies a model's variants only at the provider that lists
+    # it, not at one that resells it.
+    if not any(own is model for own in provider.models):
+        return frozenset()
+    return frozenset(
+        variant.when["service_tier"]
+        for variant in model.price_variants or ()
+        if variant.when.keys() == {"service_tier"}
+        and any(value is not None for value in vars(variant.prices).values())
+    )
+
+
 def _is_simple(model: catalog.ModelInfo) -> bool:
     """Whether every price of *model* is made of rates the gateway applies itself."""
     if isinstance(model.prices, catalog.ModelPrice):
         prices = [model.prices]
     else:
         prices = [conditional.prices for conditional in model.prices]
+    prices += [variant.prices for variant in model.price_variants or ()]
     for price in prices:
         for key, value in vars(price).items():
             if value is None or key in _FAST_KEYS:

@@ -46,6 +46,8 @@ class UsageRecord:
     total_cost_usd: Decimal | None = None
     # Which price source priced it ("config", "genai-prices"); None: unpriced.
     price_source: str | None = None
+    # The service tier the upstream says served the call; None: not named.
+    service_tier: str | None = None
     # False when the response ended before its usage arrived.
     usage_complete: bool = True
     # True when the tokens were estimated from what was seen, not reported.

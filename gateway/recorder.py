@@ -62,6 +62,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("output_cost_usd", "numeric"),
     ("total_cost_usd", "numeric"),
     ("price_source", "text"),
+    ("service_tier", "text"),
     ("usage_complete", "boolean"),
     ("usage_estimated", "boolean"),
     ("purpose", "text"),

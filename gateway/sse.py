@@ -33,6 +33,10 @@ Where usage sits:
 - Responses API: ``response.usage`` of ``response.completed``,
   ``response.incomplete`` or ``response.failed``.
 
+The event that carries the usage also names the service tier that served the
+call (OpenAI's ``service_tier``), which prices it; it is read from the same
+parse, so no other event is parsed for it.
+
 With ``hide_usage_chunk`` (the gateway asked for usage the client did not ask
 for) the usage-only chunk is removed whole, and the ``,"usage":null`` that
 asking adds to every other chunk is cut out, so the client receives the bytes
@@ -46,7 +50,13 @@ from collections.abc import Iterator
 
 import orjson
 
-from gateway.usage import MAX_MODEL_CHARS, Usage, model_name, usage_from_object
+from gateway.usage import (
+    MAX_MODEL_CHARS,
+    Usage,
+    model_name,
+    service_tier_name,
+    usage_from_object,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +101,7 @@ class StreamScanner:
         "hide_usage_chunk",
         "model",
         "responses_api",
+        "service_tier",
         "usage",
     )
 
@@ -105,6 +116,8 @@ class StreamScanner:
         self.usage: Usage | None = None
         # The model the stream reports, from the first event that names one.
         self.model: str | None = None
+        # The tier that served the call, as the event with the usage names it.
+        self.service_tier: str | None = None
         # True once [DONE] or a final response.* event was seen.
         self.finished = False
         # Data events seen, [DONE] excepted: about one output token each.
@@ -408,6 +421,7 @@ class StreamScanner:
         if usage is None:
             return False
         self.usage = usage
+        self.service_tier = service_tier_name(obj.get("service_tier"))
         if self.model is None:
             self.model = model_name(obj.get("model"))
 
@@ -424,6 +438,8 @@ class StreamScanner:
         usage = usage_from_object(response.get("usage"))
         if usage is not None:
             self.usage = usage
+        # response.created names the tier asked for ("auto"), the end the one used.
+        self.service_tier = service_tier_name(response.get("service_tier"))
         if self.model is None:
             self.model = model_name(response.get("model"))
 

@@ -18,6 +18,7 @@ instead of an exception.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,9 @@ MAX_TOKENS = 10**12
 
 # Longest model name taken from a body; anything longer is not a model name.
 MAX_MODEL_CHARS = 256
+
+# A service tier is a short word ("default", "flex", "priority", "scale").
+_SERVICE_TIER = re.compile(r"[a-z0-9_-]{1,32}")
 
 # Rule of thumb for text in the common tokenizers (cl100k, o200k, DeepSeek's):
 # about four bytes of UTF-8 per token for English and code.
@@ -95,26 +99,37 @@ def usage_from_object(obj: object) -> Usage | None:
     )
 
 
-def usage_from_body(body: bytes) -> tuple[Usage | None, str | None]:
+def usage_from_body(body: bytes) -> tuple[Usage | None, str | None, str | None]:
     """
-    Return the usage and the model reported by a whole, non-streamed JSON body.
+    Return the usage, model and service tier a whole, non-streamed JSON body reports.
 
-    Either may be None: an error body has neither, an embeddings body from some
-    upstreams has usage but no model.
+    Any may be None: an error body has none of them, an embeddings body from
+    some upstreams has usage but no model, and only OpenAI names a tier.
     """
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None, None
+        return None, None, None
     if not isinstance(obj, dict):
-        return None, None
+        return None, None, None
 
-    return usage_from_object(obj.get("usage")), model_name(obj.get("model"))
+    return (
+        usage_from_object(obj.get("usage")),
+        model_name(obj.get("model")),
+        service_tier_name(obj.get("service_tier")),
+    )
 
 
 def model_name(value: Any) -> str | None:
     """Return *value* if it can be a model name, else None."""
     if isinstance(value, str) and 0 < len(value) <= MAX_MODEL_CHARS:
+        return value
+    return None
+
+
+def service_tier_name(value: Any) -> str | None:
+    """Return *value* if it can be the name of a service tier, else None."""
+    if isinstance(value, str) and _SERVICE_TIER.fullmatch(value):
         return value
     return None
 

@@ -272,6 +272,8 @@ class FakeUpstream:
             "created": CREATED,
             "model": reported,
         }
+        if not is_deepseek(model):
+            base["service_tier"] = served_tier(payload)
         if payload.get("stream") is not True:
             message = {"role": "assistant", "content": self.answer, "refusal": None}
             choice = {
@@ -397,7 +399,9 @@ class FakeUpstream:
             }
         )
 
-    def response_object(self, model: str, status: str) -> dict[str, Any]:
+    def response_object(
+        self, model: str, status: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
         done = status == "completed"
         text = {
             "type": "output_text",
@@ -425,6 +429,8 @@ class FakeUpstream:
             "created_at": CREATED,
             "status": status,
             "model": self.reported(model),
+            # Named as asked while it runs ("auto" by default), as served at the end.
+            "service_tier": served_tier(payload) if done else asked_tier(payload),
             "output": [message] if done else [],
             "parallel_tool_calls": True,
             "tool_choice": "auto",
@@ -437,16 +443,16 @@ class FakeUpstream:
     ) -> web.StreamResponse:
         model = str(payload.get("model", ""))
         if payload.get("stream") is not True:
-            return json_response(self.response_object(model, "completed"))
+            return json_response(self.response_object(model, "completed", payload))
         common = {"item_id": "msg_fake", "output_index": 0, "content_index": 0}
         events: list[dict[str, Any]] = [
             {
                 "type": "response.created",
-                "response": self.response_object(model, "in_progress"),
+                "response": self.response_object(model, "in_progress", payload),
             },
             {
                 "type": "response.in_progress",
-                "response": self.response_object(model, "in_progress"),
+                "response": self.response_object(model, "in_progress", payload),
             },
         ]
         last = len(self.words) - 1
@@ -464,7 +470,7 @@ class FakeUpstream:
         events.append(
             {
                 "type": "response.completed",
-                "response": self.response_object(model, "completed"),
+                "response": self.response_object(model, "completed", payload),
             }
         )
         encoded = []
@@ -541,6 +547,17 @@ class FakeUpstream:
 
 def is_deepseek(model: str) -> bool:
     return model.startswith("deepseek")
+
+
+def asked_tier(payload: dict[str, Any]) -> str:
+    asked = payload.get("service_tier")
+    return asked if isinstance(asked, str) else "auto"
+
+
+def served_tier(payload: dict[str, Any]) -> str:
+    """The tier OpenAI names in its answer: the one asked for, "default" for auto."""
+    asked = asked_tier(payload)
+    return asked if asked in ("flex", "priority", "scale") else "default"
 
 
 def json_response(obj: Any) -> web.Response:

@@ -73,6 +73,12 @@ def make_records(count: int = 600, seed: int = 7) -> list[UsageRecord]:
                 output_cost_usd=output_cost if priced else None,
                 total_cost_usd=input_cost + output_cost if priced else None,
                 price_source="config" if priced else None,
+                # Without a draw of rng, so every other field stays as it was.
+                service_tier=(
+                    None
+                    if model.startswith("deepseek")
+                    else ("flex" if n % 5 == 0 else "default")
+                ),
                 purpose=rng.choice(PURPOSES),
                 ticker=rng.choice(TICKERS),
                 cycle_id=f"c-{n // 7}" if rng.random() < 0.7 else None,

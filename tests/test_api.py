@@ -305,6 +305,7 @@ async def test_calls_are_newest_first_with_every_field(
                 "output_tokens": r.output_tokens,
                 "reasoning_tokens": r.reasoning_tokens,
                 "cost": None if r.total_cost_usd is None else usd(r.total_cost_usd),
+                "service_tier": r.service_tier,
                 "response_time_ms": r.response_time_ms,
                 "status": r.status,
                 "streamed": r.streamed,

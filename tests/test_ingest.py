@@ -105,6 +105,26 @@ async def test_a_catalog_model_is_priced_by_the_same_price_book(
     assert row["timestamp"] == NOW
 
 
+async def test_a_call_is_priced_at_the_tier_it_names(
+    client: Any, db_pool: asyncpg.Pool
+) -> None:
+    tiered = {"model": "o3", "input_tokens": 1000, "output_tokens": 500}
+
+    for tier in ("flex", None, "scale"):
+        body = {**tiered, "service_tier": tier} if tier else tiered
+        resp = await client.post("/api/usage", json={**body, "provider": "openai"})
+        assert resp.status == 201, await resp.text()
+
+    flex, standard, scale = await stored(db_pool)
+    # 1,000 x $1 + 500 x $4 per million at flex; twice that at the standard
+    # rates, and for a tier the catalog has no price for.
+    assert flex["service_tier"] == "flex"
+    assert flex["total_cost_usd"] == Decimal("0.003")
+    assert standard["service_tier"] is None
+    assert standard["total_cost_usd"] == scale["total_cost_usd"] == Decimal("0.006")
+    assert scale["service_tier"] == "scale"
+
+
 async def test_an_unknown_model_is_stored_without_a_cost(
     client: Any, db_pool: asyncpg.Pool
 ) -> None:
@@ -221,6 +241,9 @@ BAD_BODIES = [
     ({**GOOD, "request_id": "r" * 129}, "request_id"),
     ({**GOOD, "upstream": ""}, "upstream"),
     ({**GOOD, "provider": ["openai"]}, "provider"),
+    ({**GOOD, "service_tier": "Flex"}, "service_tier"),
+    ({**GOOD, "service_tier": 2}, "service_tier"),
+    ({**GOOD, "service_tier": ""}, "service_tier"),
     ({**GOOD, "input_token": 3}, "input_token"),
 ]
 

@@ -11,6 +11,9 @@ price pages, which the bundled catalog carries:
 - DeepSeek deepseek-chat: $0.27 input (cache miss), $0.07 cache hit, $1.10
   output from 00:30 to 16:30 UTC, half that ($0.135 / $0.035 / $0.55) off-peak;
   deepseek-v4-flash before 2026-08-17, off-peak: $0.14 / $0.0028 / $0.28.
+- Service tiers, from 2026-10-12 (before that the catalog has none): o3 at
+  flex $1 / $0.25 / $4 (standard $2 / $0.50 / $8); gpt-4o-mini at priority
+  $0.25 / $0.125 / $1, and no flex price.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from gateway.usage import Usage, usage_from_body
 from tests.fixtures import recorded
 
 NOON = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
+# After the catalog's service tier prices start.
+TIERED_NOON = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 
 
 def usd(text: str) -> Decimal:
@@ -42,12 +47,15 @@ def catalog_cost(
     usage: Usage,
     provider: str | None = None,
     at: datetime = NOON,
+    service_tier: str | None = None,
 ) -> Cost | None:
-    return PriceBook({}).cost(model, usage, provider=provider, at=at)
+    return PriceBook({}).cost(
+        model, usage, provider=provider, at=at, service_tier=service_tier
+    )
 
 
 def test_gpt_4o_mini_plain_from_a_recorded_body() -> None:
-    usage, model = usage_from_body(recorded("openai_chat_1.json"))
+    usage, model, _ = usage_from_body(recorded("openai_chat_1.json"))
     assert usage is not None
     assert model is not None
 
@@ -73,7 +81,7 @@ def test_gpt_4o_mini_cached_input_at_the_cached_rate() -> None:
 
 
 def test_reasoning_tokens_are_billed_once_as_output() -> None:
-    usage, model = usage_from_body(recorded("openai_chat_reasoning_1.json"))
+    usage, model, _ = usage_from_body(recorded("openai_chat_reasoning_1.json"))
     assert usage == Usage(7, 0, 87, 64, 94)
     assert model is not None
 
@@ -116,7 +124,7 @@ def test_a_call_past_the_tier_start_pays_the_tier_rate_on_every_token() -> None:
 
 
 def test_embeddings_price_only_their_input() -> None:
-    usage, model = usage_from_body(recorded("openai_embeddings_1.json"))
+    usage, model, _ = usage_from_body(recorded("openai_embeddings_1.json"))
     assert usage is not None
     assert model is not None
 
@@ -130,7 +138,7 @@ def test_embeddings_price_only_their_input() -> None:
 
 
 def test_deepseek_cache_hits_and_misses_from_a_recorded_body() -> None:
-    usage, model = usage_from_body(recorded("deepseek_reasoner_1.json"))
+    usage, model, _ = usage_from_body(recorded("deepseek_reasoner_1.json"))
     assert usage == Usage(563, 512, 116, 60, 679)
     assert model == "deepseek-v4-flash"
     at = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
@@ -207,6 +215,87 @@ def test_a_reseller_prices_the_models_it_resells() -> None:
     # Azure's own gpt-4o-mini rates, or OpenAI's where the catalog falls back.
     assert cost is not None
     assert cost.source == SOURCE_CATALOG
+
+
+def test_a_flex_call_costs_the_flex_rates() -> None:
+    usage = Usage(input_tokens=10_000, cached_input_tokens=4_000, output_tokens=2_000)
+
+    flex = catalog_cost("o3-2025-04-16", usage, "openai", TIERED_NOON, "flex")
+    standard = catalog_cost("o3-2025-04-16", usage, "openai", TIERED_NOON, "default")
+
+    # 6,000 x $1 + 4,000 x $0.25 = $7,000 per million; 2,000 x $4 = $8,000.
+    assert flex == Cost(usd("0.007"), usd("0.008"), usd("0.015"), SOURCE_CATALOG)
+    # 6,000 x $2 + 4,000 x $0.50 = $14,000; 2,000 x $8 = $16,000.
+    assert standard == Cost(usd("0.014"), usd("0.016"), usd("0.03"), SOURCE_CATALOG)
+
+
+def test_a_priority_call_costs_the_priority_rates() -> None:
+    usage = Usage(input_tokens=1000, cached_input_tokens=200, output_tokens=500)
+
+    cost = catalog_cost("gpt-4o-mini", usage, "openai", TIERED_NOON, "priority")
+
+    # 800 x $0.25 + 200 x $0.125 = $225 per million; 500 x $1 = $500.
+    assert cost == Cost(usd("0.000225"), usd("0.0005"), usd("0.000725"), SOURCE_CATALOG)
+
+
+def test_a_tier_costs_the_standard_rates_before_its_price_starts() -> None:
+    usage = Usage(input_tokens=10_000, output_tokens=2_000)
+    before = datetime(2026, 10, 11, 12, tzinfo=UTC)
+
+    assert catalog_cost("o3", usage, "openai", before, "flex") == catalog_cost(
+        "o3", usage, "openai", before
+    )
+
+
+def test_a_tier_the_catalog_does_not_price_costs_the_standard_rates(caplog) -> None:
+    usage = Usage(input_tokens=1000, output_tokens=500)
+    book = PriceBook({})
+    standard = book.cost("gpt-4o-mini", usage, provider="openai", at=TIERED_NOON)
+
+    with caplog.at_level(logging.WARNING, logger="gateway.pricing"):
+        costs = [
+            book.cost(
+                "gpt-4o-mini",
+                usage,
+                provider="openai",
+                at=TIERED_NOON,
+                service_tier=tier,
+            )
+            for tier in ("flex", "flex", "scale", "default", "auto")
+        ]
+
+    assert costs == [standard] * 5
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "the price catalog has no flex tier for model gpt-4o-mini: its calls at "
+        "that tier are priced at the standard rates",
+        "the price catalog has no scale tier for model gpt-4o-mini: its calls at "
+        "that tier are priced at the standard rates",
+    ]
+
+
+def test_an_override_prices_a_tier_by_its_own_table_or_its_base_rates() -> None:
+    book = PriceBook(
+        {
+            "my-model": ModelPrice(
+                input="2",
+                output="8",
+                service_tiers={
+                    "flex": {"input": "1", "cached_input": "0.1", "output": "4"}
+                },
+            )
+        }
+    )
+    usage = Usage(input_tokens=1000, cached_input_tokens=500, output_tokens=100)
+
+    def cost(tier: str | None) -> Cost | None:
+        return book.cost("my-model", usage, provider=None, at=NOON, service_tier=tier)
+
+    # 500 x $1 + 500 x $0.10 = $550 per million; 100 x $4 = $400.
+    assert cost("flex") == Cost(usd("0.00055"), usd("0.0004"), usd("0.00095"), "config")
+    # No cached rate: all 1,000 input at $2; 100 x $8.
+    standard = Cost(usd("0.002"), usd("0.0008"), usd("0.0028"), "config")
+    assert cost(None) == cost("default") == cost("priority") == standard
 
 
 def test_an_override_wins_over_the_catalog() -> None:
@@ -300,15 +389,24 @@ def test_every_catalog_model_costs_what_genai_prices_computes(
         output_tokens=usage.output_tokens,
     )
 
-    for at in (
-        datetime(2024, 1, 1, 3, tzinfo=UTC),
-        datetime(2025, 6, 2, 12, tzinfo=UTC),
-        datetime(2026, 9, 20, 20, tzinfo=UTC),
+    for at, tier in (
+        (datetime(2024, 1, 1, 3, tzinfo=UTC), None),
+        (datetime(2025, 6, 2, 12, tzinfo=UTC), None),
+        (datetime(2026, 9, 20, 20, tzinfo=UTC), None),
+        (TIERED_NOON, "default"),
+        (TIERED_NOON, "flex"),
+        (TIERED_NOON, "priority"),
+        (TIERED_NOON, "fast"),
     ):
+        context = {"service_tier": tier} if tier else None
         expected = genai_prices.calc_price(
-            reference, model, provider_id=provider, genai_request_timestamp=at
+            reference,
+            model,
+            provider_id=provider,
+            genai_request_timestamp=at,
+            price_context=context,
         )
-        cost = book.cost(model, usage, provider=provider, at=at)
+        cost = book.cost(model, usage, provider=provider, at=at, service_tier=tier)
 
         assert cost is not None
         assert cost.input_usd == expected.input_price.quantize(USD_PLACES)

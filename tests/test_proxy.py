@@ -41,6 +41,8 @@ DEEPSEEK_CHAT = (Decimal("0.27"), Decimal("0.07"), Decimal("1.1"))
 GPT_35_INSTRUCT = (Decimal("1.5"), Decimal("1.5"), Decimal("2"))
 EMBEDDING_3_SMALL = (Decimal("0.02"), Decimal("0.02"), Decimal("0"))
 GPT_4 = (Decimal("30"), Decimal("30"), Decimal("60"))
+O3_FLEX = (Decimal("1"), Decimal("0.25"), Decimal("4"))
+GPT_4O_MINI_PRIORITY = (Decimal("0.25"), Decimal("0.125"), Decimal("1"))
 
 Gateway = Callable[..., Awaitable[TestClient]]
 
@@ -318,6 +320,56 @@ async def test_responses_api_both_ways(
         assert (row["output_tokens"], row["reasoning_tokens"]) == (8, 3)
         assert row["usage_complete"]
         assert_cost(row, GPT_4O_MINI)
+
+
+async def test_a_call_is_priced_at_the_tier_that_served_it(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+    fake.cached_tokens = 4
+    chat = {"model": "o3", "messages": [{"role": "user", "content": "hi"}]}
+
+    def call(number: int) -> dict[str, Any]:
+        # Every row has the same timestamp: the ids put them in call order.
+        return {"extra_headers": {"X-Request-Id": f"tier-{number}"}}
+
+    async with openai_client(client) as oai:
+        await oai.chat.completions.create(**chat, service_tier="flex", **call(1))
+        stream = await oai.chat.completions.create(
+            **chat, service_tier="flex", stream=True, **call(2)
+        )
+        [chunk async for chunk in stream]
+        await oai.responses.create(
+            model="o3", input="hi", service_tier="flex", **call(3)
+        )
+        stream = await oai.responses.create(
+            model="o3", input="hi", service_tier="flex", stream=True, **call(4)
+        )
+        [event async for event in stream]
+        await oai.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=chat["messages"],
+            service_tier="priority",
+            **call(5),
+        )
+        await oai.chat.completions.create(**chat, **call(6))
+
+    *flex, priority, standard = await rows(client)
+    assert [(r["endpoint"], r["streamed"]) for r in flex] == [
+        ("/v1/chat/completions", False),
+        ("/v1/chat/completions", True),
+        ("/v1/responses", False),
+        ("/v1/responses", True),
+    ]
+    for row in flex:
+        assert row["service_tier"] == "flex"
+        assert row["cached_input_tokens"] == 4
+        assert_cost(row, O3_FLEX)
+    assert priority["service_tier"] == "priority"
+    assert_cost(priority, GPT_4O_MINI_PRIORITY)
+    # Asked for nothing: OpenAI names the default tier, at the standard rates.
+    assert standard["service_tier"] == "default"
+    assert standard["total_cost_usd"] == 2 * flex[0]["total_cost_usd"]
 
 
 @pytest.mark.parametrize("prefix", ["/deepseek", ""])

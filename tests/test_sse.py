@@ -38,6 +38,13 @@ STREAMS = {
         9,
     ),
 }
+# The tier the event with the usage names; the 2023 captures and DeepSeek
+# name none. The Responses stream names "auto" (asked for) until its end.
+TIERS = {
+    "openai_chat_stream_usage_2.sse": "default",
+    "openai_chat_stream_usage_3.sse": "default",
+    "openai_responses_stream_1.sse": "default",
+}
 # The streams whose usage rides on an extra chunk with "choices": [].
 USAGE_CHUNK_STREAMS = [
     "openai_chat_stream_usage_1.sse",
@@ -82,6 +89,7 @@ def test_recorded_stream_gives_its_usage_model_and_end(name: str) -> None:
     assert scanner.close() == b""
     assert scanner.usage == usage
     assert scanner.model == model
+    assert scanner.service_tier == TIERS.get(name)
     assert scanner.finished
     assert scanner.chunks_seen == chunks
 
@@ -146,6 +154,7 @@ def test_any_split_into_reads_gives_the_same_usage_and_bytes(
     assert relayed == expected
     assert scanner.usage == STREAMS[name][0]
     assert scanner.model == STREAMS[name][1]
+    assert scanner.service_tier == TIERS.get(name)
     assert scanner.chunks_seen == STREAMS[name][2]
     assert scanner.finished
 
@@ -641,3 +650,29 @@ def test_a_whole_stream_in_one_read_skips_the_general_path(
     assert relayed == (hidden(name, body) if hide else body)
     assert (scanner.usage, scanner.model, scanner.chunks_seen) == STREAMS[name]
     assert scanner.finished
+
+
+@pytest.mark.parametrize(
+    "name", ["openai_chat_stream_usage_2.sse", "openai_responses_stream_1.sse"]
+)
+def test_a_stream_served_at_another_tier_names_it(name: str) -> None:
+    body = recorded(name).replace(b'"service_tier":"default"', b'"service_tier":"flex"')
+    scanner = scanner_for(name, hide=True)
+
+    relay(scanner, [body])
+
+    assert scanner.service_tier == "flex"
+    assert scanner.usage == STREAMS[name][0]
+
+
+def test_a_tier_on_chunks_without_usage_is_not_taken() -> None:
+    """Only the event that reports usage is parsed; a plain chunk's tier is not read."""
+    body = recorded("openai_chat_stream_usage_2.sse")
+    usage_at = body.index(b'"choices":[],"usage":{')
+    cut = body.rindex(b"data: ", 0, usage_at)
+    scanner = scanner_for("openai_chat_stream_usage_2.sse")
+
+    relay(scanner, [body[:cut]])
+
+    assert scanner.usage is None
+    assert scanner.service_tier is None

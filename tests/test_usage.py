@@ -9,6 +9,7 @@ from gateway.usage import (
     MAX_TOKENS,
     Usage,
     estimate_tokens,
+    service_tier_name,
     usage_from_body,
     usage_from_object,
 )
@@ -16,40 +17,74 @@ from tests.fixtures import recorded
 
 
 @pytest.mark.parametrize(
-    ("name", "model", "expected"),
+    ("name", "model", "expected", "tier"),
     [
-        ("openai_chat_1.json", "gpt-4o-mini-2024-07-18", Usage(12, 0, 5, 0, 17)),
-        ("openai_chat_2.json", "gpt-4o-mini-2024-07-18", Usage(8, 0, 9, 0, 17)),
-        ("openai_chat_reasoning_1.json", "o3-mini-2025-01-31", Usage(7, 0, 87, 64, 94)),
-        ("openai_responses_1.json", "gpt-5.5-2026-04-23", Usage(11, 0, 5, 0, 16)),
-        ("openai_responses_2.json", "gpt-4o-mini-2024-07-18", Usage(22, 0, 6, 0, 28)),
+        ("openai_chat_1.json", "gpt-4o-mini-2024-07-18", Usage(12, 0, 5, 0, 17), None),
+        (
+            "openai_chat_2.json",
+            "gpt-4o-mini-2024-07-18",
+            Usage(8, 0, 9, 0, 17),
+            "default",
+        ),
+        (
+            "openai_chat_reasoning_1.json",
+            "o3-mini-2025-01-31",
+            Usage(7, 0, 87, 64, 94),
+            "default",
+        ),
+        (
+            "openai_responses_1.json",
+            "gpt-5.5-2026-04-23",
+            Usage(11, 0, 5, 0, 16),
+            "default",
+        ),
+        (
+            "openai_responses_2.json",
+            "gpt-4o-mini-2024-07-18",
+            Usage(22, 0, 6, 0, 28),
+            "default",
+        ),
         (
             "openai_responses_reasoning_1.json",
             "gpt-5.4-2026-03-05",
             Usage(44, 0, 288, 9, 332),
+            "default",
         ),
-        ("openai_embeddings_1.json", "text-embedding-3-small", Usage(8, 0, 0, 0, 8)),
-        ("deepseek_chat_1.json", "deepseek-chat", Usage(12, 0, 28, 0, 40)),
+        (
+            "openai_embeddings_1.json",
+            "text-embedding-3-small",
+            Usage(8, 0, 0, 0, 8),
+            None,
+        ),
+        ("deepseek_chat_1.json", "deepseek-chat", Usage(12, 0, 28, 0, 40), None),
         (
             "deepseek_reasoner_1.json",
             "deepseek-v4-flash",
             Usage(563, 512, 116, 60, 679),
+            None,
         ),
         (
             "deepseek_reasoner_2.json",
             "deepseek-v4-flash",
             Usage(976, 896, 61, 25, 1037),
+            None,
         ),
-        ("deepseek_reasoner_3.json", "deepseek-reasoner", Usage(12, 0, 789, 415, 801)),
+        (
+            "deepseek_reasoner_3.json",
+            "deepseek-reasoner",
+            Usage(12, 0, 789, 415, 801),
+            None,
+        ),
     ],
 )
-def test_recorded_bodies_give_their_usage_and_model(
-    name: str, model: str, expected: Usage
+def test_recorded_bodies_give_their_usage_model_and_tier(
+    name: str, model: str, expected: Usage, tier: str | None
 ) -> None:
-    usage, reported = usage_from_body(recorded(name))
+    usage, reported, reported_tier = usage_from_body(recorded(name))
 
     assert usage == expected
     assert reported == model
+    assert reported_tier == tier
 
 
 @pytest.mark.parametrize(
@@ -63,7 +98,7 @@ def test_recorded_bodies_give_their_usage_and_model(
     ],
 )
 def test_error_bodies_have_no_usage(name: str) -> None:
-    assert usage_from_body(recorded(name)) == (None, None)
+    assert usage_from_body(recorded(name)) == (None, None, None)
 
 
 def test_deepseek_cache_hit_wins_over_details() -> None:
@@ -138,19 +173,19 @@ def test_no_count_means_no_usage(obj: object) -> None:
     ],
 )
 def test_garbage_bodies_give_nothing(body: bytes) -> None:
-    assert usage_from_body(body) == (None, None)
+    assert usage_from_body(body) == (None, None, None)
 
 
 def test_a_model_that_is_not_a_string_is_not_reported() -> None:
     body = b'{"model": 12, "usage": {"prompt_tokens": 1}}'
 
-    assert usage_from_body(body) == (Usage(1, 0, 0, 0, 1), None)
+    assert usage_from_body(body) == (Usage(1, 0, 0, 0, 1), None, None)
 
 
 def test_huge_integers_in_a_body_are_ignored() -> None:
     body = b'{"usage": {"prompt_tokens": 1234567890123456789012345, "total_tokens": 2}}'
 
-    assert usage_from_body(body) == (Usage(0, 0, 0, 0, 2), None)
+    assert usage_from_body(body) == (Usage(0, 0, 0, 0, 2), None, None)
 
 
 @pytest.mark.parametrize(
@@ -217,7 +252,36 @@ def test_any_bytes_never_raise(body: bytes) -> None:
 def test_any_json_body_never_raises(obj: object) -> None:
     body = orjson.dumps({"model": "m", "usage": obj}, option=orjson.OPT_NON_STR_KEYS)
 
-    usage, model = usage_from_body(body)
+    usage, model, tier = usage_from_body(body)
 
     assert model == "m"
+    assert tier is None
     assert usage == usage_from_object(orjson.loads(body)["usage"])
+
+
+@pytest.mark.parametrize("tier", ["default", "flex", "priority", "scale", "tier_2"])
+def test_a_body_names_its_service_tier(tier: str) -> None:
+    body = orjson.dumps({"model": "o3", "service_tier": tier, "usage": {}})
+
+    assert usage_from_body(body)[2] == tier
+
+
+@pytest.mark.parametrize(
+    "value", [None, "", 3, True, ["flex"], {"tier": "flex"}, "Flex", "fl ex", "f" * 33]
+)
+def test_a_service_tier_that_is_not_a_short_word_is_not_reported(value: object) -> None:
+    body = orjson.dumps({"model": "o3", "service_tier": value, "usage": {}})
+
+    assert usage_from_body(body)[2] is None
+
+
+@given(st.text(max_size=40))
+def test_a_service_tier_name_is_a_lower_case_word_or_nothing(value: str) -> None:
+    tier = service_tier_name(value)
+
+    assert tier is None or (
+        tier == value
+        and 0 < len(tier) <= 32
+        and tier.isascii()
+        and tier == tier.lower()
+    )
