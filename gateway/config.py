@@ -38,6 +38,7 @@ from pydantic_settings import (
 )
 
 from gateway.errors import ConfigError
+from gateway.http1 import Proxy
 
 CONFIG_ENV = "TALLYGATE_CONFIG"
 DEFAULT_CONFIG_FILE = Path("config.toml")
@@ -132,6 +133,23 @@ class UpstreamSettings(Section):
     max_connections: int = Field(
         256, ge=1, description="Pooled keep-alive connections to this upstream."
     )
+    proxy_url: SecretStr | None = Field(
+        None,
+        description="HTTP proxy to reach it through: http://[user:password@]host:port.",
+    )
+
+    @field_validator("proxy_url")
+    @classmethod
+    def proxy_url_is_a_proxy(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            Proxy.from_url(value.get_secret_value())
+        return value
+
+    @property
+    def proxy(self) -> Proxy | None:
+        if self.proxy_url is None:
+            return None
+        return Proxy.from_url(self.proxy_url.get_secret_value())
 
     def claims(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)

@@ -247,7 +247,12 @@ async def forward(request: Incoming) -> web.StreamResponse | StreamedAnswer:
         # Refused connections cost nothing; after sending, the upstream may
         # have done (and billed) the work, so the tokens are estimated.
         call.usage_complete = isinstance(exc.__cause__, NEVER_SENT)
-        log.warning("%s: %s", call.target.endpoint, exc.message)
+        # The client is told which upstream; the log also says why.
+        cause = exc.__cause__
+        if cause is None:
+            log.warning("%s: %s", call.target.endpoint, exc.message)
+        else:
+            log.warning("%s: %s (%s)", call.target.endpoint, exc.message, cause)
         return exc.response({REQUEST_ID_HEADER: call.request_id})
     except asyncio.CancelledError:
         # The client hung up before the answer was relayed whole, or the

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 
 from gateway.config import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamTimeout
-from gateway.http1 import CannotConnect, ClientError, Pool
+from gateway.http1 import CannotConnect, ClientError, Pool, Proxy
 from gateway.tags import REQUEST_ID_HEADER, is_tag_header
 
 # RFC 9110 7.6.1: meaningful for one connection only, never relayed.
@@ -57,6 +57,8 @@ class Upstream:
     timeout_s: float
     connect_timeout_s: float
     max_connections: int
+    # The HTTP proxy the pool goes through, None to connect straight.
+    proxy: Proxy | None = None
     pool: Pool | None = None
 
     @classmethod
@@ -70,6 +72,7 @@ class Upstream:
             timeout_s=settings.timeout_s,
             connect_timeout_s=settings.connect_timeout_s,
             max_connections=settings.max_connections,
+            proxy=settings.proxy,
         )
 
     def open(self) -> None:
@@ -79,6 +82,7 @@ class Upstream:
             max_connections=self.max_connections,
             connect_timeout_s=self.connect_timeout_s,
             timeout_s=self.timeout_s,
+            proxy=self.proxy,
         )
 
     def close(self) -> None:

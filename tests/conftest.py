@@ -13,7 +13,7 @@ import asyncio
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestClient
 from gateway import db
 from gateway.config import DatabaseSettings, Settings, load_settings
 from gateway.keys import SETTINGS
-from tests.harness import FrontTestServer
+from tests.harness import FrontTestServer, LoopbackServers, Server
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 TABLES = ("llm_usage", "llm_usage_daily", "gateway_once", "gateway_state")
@@ -147,3 +147,11 @@ def aiohttp_client(aiohttp_client: Any) -> Any:
         return await aiohttp_client(app_or_server, **kwargs)
 
     return start
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    """Start a loopback server whose every connection runs the given handler."""
+    servers = LoopbackServers()
+    yield servers.start
+    await servers.close()

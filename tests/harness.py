@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -158,3 +159,51 @@ async def serving(app: web.Application) -> AsyncIterator[LiveGateway]:
             yield LiveGateway(app, host, port, session, front)
     finally:
         await runner.cleanup()
+
+
+# Loopback servers that send exactly the bytes a test scripts
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass
+class Server:
+    port: int
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)
+
+
+class LoopbackServers:
+    """Servers on 127.0.0.1 whose every connection runs a handler; closed together."""
+
+    def __init__(self) -> None:
+        self.servers: list[asyncio.Server] = []
+
+    async def start(
+        self, handler: Handler, ssl_context: ssl.SSLContext | None = None
+    ) -> Server:
+        state = Server(port=0)
+
+        async def on_connection(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            state.connections += 1
+            try:
+                await handler(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(
+            on_connection, "127.0.0.1", 0, ssl=ssl_context
+        )
+        self.servers.append(server)
+        state.port = server.sockets[0].getsockname()[1]
+        return state
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+            await server.wait_closed()

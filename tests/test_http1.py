@@ -8,14 +8,16 @@ paths once more on uvloop, which the gateway serves on).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 import pytest
 import uvloop
@@ -32,13 +34,14 @@ from gateway.http1 import (
     Disconnected,
     InvalidRequestHeader,
     Pool,
+    Proxy,
     Reply,
     ResponseTimeout,
     chunk_size,
     parse_head,
 )
+from tests.harness import Handler, LoopbackServers, Server
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK_BODY = b'{"usage":{"prompt_tokens":1}}'
 
 
@@ -417,47 +420,6 @@ async def test_unread_stream_bytes_pause_the_upstream_until_read() -> None:
 
 
 # The pool, against real servers
-
-
-@dataclass
-class Server:
-    port: int
-    connections: int = 0
-    requests: list[bytes] = field(default_factory=list)
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
-    """Start a loopback server whose every connection runs the given handler."""
-    servers: list[asyncio.Server] = []
-
-    async def start(
-        handler: Handler, ssl_context: ssl.SSLContext | None = None
-    ) -> Server:
-        state = Server(port=0)
-
-        async def on_connection(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-        ) -> None:
-            state.connections += 1
-            try:
-                await handler(reader, writer)
-            except (ConnectionError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(
-            on_connection, "127.0.0.1", 0, ssl=ssl_context
-        )
-        servers.append(server)
-        state.port = server.sockets[0].getsockname()[1]
-        return state
-
-    yield start
-    for server in servers:
-        server.close()
-        await server.wait_closed()
 
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:
@@ -997,3 +959,258 @@ def test_the_pool_works_the_same_on_uvloop() -> None:
         server.close()
 
     uvloop.run(run())
+
+
+# Through an HTTP proxy
+
+
+@dataclass
+class FakeProxy:
+    """What a loopback HTTP proxy was asked: every request head, as sent."""
+
+    port: int = 0
+    heads: list[bytes] = field(default_factory=list)
+
+
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+async def start_proxy(
+    serve: Callable[..., Awaitable[Server]], required: str | None = None
+) -> FakeProxy:
+    """
+    A proxy that tunnels CONNECT and forwards absolute-form requests (one
+    origin per connection), refusing with 407 a client that does not send
+    ``Proxy-Authorization: <required>``.
+    """
+    proxy = FakeProxy()
+
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        proxy.heads.append(head)
+        request_line, *lines = head[:-4].decode().split("\r\n")
+        method, target, _ = request_line.split(" ")
+        sent = [line.partition(":")[2].strip() for line in lines]
+        if required is not None and f"{required}" not in sent:
+            writer.write(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                b"Content-Length: 6\r\n\r\ndenied"
+            )
+            await writer.drain()
+            return
+        if method == "CONNECT":
+            host, _, port = target.rpartition(":")
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            origin = urlsplit(target)
+            up_reader, up_writer = await asyncio.open_connection(
+                origin.hostname, origin.port
+            )
+            kept = [line for line in lines if not line.lower().startswith("proxy-")]
+            line = f"{method} {origin.path} HTTP/1.1"
+            up_writer.write("\r\n".join([line, *kept, "", ""]).encode())
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    proxy.port = (await serve(handle)).port
+    return proxy
+
+
+BOB = "Basic " + base64.b64encode(b"bob:s@cret").decode()
+
+
+def bobs_proxy(proxy: FakeProxy, password: str = "s%40cret") -> Proxy:
+    return Proxy.from_url(f"http://bob:{password}@127.0.0.1:{proxy.port}")
+
+
+def tls_contexts(certificate: tuple[Path, Path]) -> tuple[ssl.SSLContext, ...]:
+    cert, key = certificate
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    return server_side, ssl.create_default_context(cafile=str(cert))
+
+
+async def tunnelled_calls(
+    serve: Callable[..., Awaitable[Server]], certificate: tuple[Path, Path]
+) -> None:
+    """Two calls to an https upstream through one tunnel of an asking proxy."""
+    server_side, trusting = tls_contexts(certificate)
+    seen: list[Server] = []
+    server = await serve(answering(ok(), ok(b"again"), server=seen), server_side)
+    seen.append(server)
+    proxy = await start_proxy(serve, required=BOB)
+    base = f"https://127.0.0.1:{server.port}"
+    pool = Pool(
+        f"{base}/v1",
+        max_connections=2,
+        connect_timeout_s=5,
+        timeout_s=5,
+        ssl_context=trusting,
+        proxy=bobs_proxy(proxy),
+    )
+
+    for expected in (OK_BODY, b"again"):
+        reply = await pool.request("POST", f"{base}/v1/chat/completions", [], b"{}")
+        assert await reply.read() == expected
+        reply.release()
+    pool.close()
+
+    assert proxy.heads == [
+        f"CONNECT 127.0.0.1:{server.port} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{server.port}\r\n"
+        f"Proxy-Authorization: {BOB}\r\n\r\n".encode()
+    ]
+    assert server.connections == 1
+    # Inside the tunnel the upstream is asked as if straight, with no credentials.
+    assert all(
+        r.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n") for r in server.requests
+    )
+    assert not any(b"Proxy-Authorization" in r for r in server.requests)
+
+
+async def test_an_https_upstream_is_reached_through_a_proxy_tunnel(
+    serve: Callable, certificate: tuple[Path, Path]
+) -> None:
+    await tunnelled_calls(serve, certificate)
+
+
+def test_a_proxy_tunnel_works_the_same_on_uvloop(
+    certificate: tuple[Path, Path],
+) -> None:
+    async def run() -> None:
+        servers = LoopbackServers()
+        await tunnelled_calls(servers.start, certificate)
+        # The closed pool's tunnel winds down through the proxy's pipes.
+        await asyncio.sleep(0.2)
+        await servers.close()
+
+    uvloop.run(run())
+
+
+async def test_an_http_upstream_is_asked_in_absolute_form_through_a_proxy(
+    serve: Callable,
+) -> None:
+    seen: list[Server] = []
+    server = await serve(answering(ok(), ok(b"again"), server=seen))
+    seen.append(server)
+    proxy = await start_proxy(serve, required=BOB)
+    base = f"http://127.0.0.1:{server.port}"
+    pool = Pool(
+        f"{base}/v1",
+        max_connections=1,
+        connect_timeout_s=5,
+        timeout_s=5,
+        proxy=bobs_proxy(proxy),
+    )
+
+    for expected in (OK_BODY, b"again"):
+        reply = await pool.request(
+            "POST", f"{base}/v1/chat/completions", [("X-A", "1")], b"{}"
+        )
+        assert await reply.read() == expected
+        reply.release()
+    pool.close()
+
+    [head] = proxy.heads
+    assert (
+        head
+        == (
+            f"POST {base}/v1/chat/completions HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{server.port}\r\n"
+            f"Proxy-Authorization: {BOB}\r\n"
+            "X-A: 1\r\nContent-Length: 2\r\n\r\n"
+        ).encode()
+    )
+    assert server.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert len(server.requests) == 2
+
+
+async def test_a_proxy_that_refuses_the_tunnel_means_nothing_was_sent(
+    serve: Callable, certificate: tuple[Path, Path]
+) -> None:
+    server_side, trusting = tls_contexts(certificate)
+    server = await serve(answering(ok()), server_side)
+    proxy = await start_proxy(serve, required=BOB)
+    base = f"https://127.0.0.1:{server.port}"
+    pool = Pool(
+        f"{base}/v1",
+        max_connections=1,
+        connect_timeout_s=5,
+        timeout_s=5,
+        ssl_context=trusting,
+        proxy=bobs_proxy(proxy, password="wrong-password"),
+    )
+
+    with pytest.raises(CannotConnect) as refused:
+        await pool.request("POST", f"{base}/v1/chat/completions", [], b"{}")
+
+    message = str(refused.value)
+    assert message == (
+        f"127.0.0.1:{server.port} by way of proxy 127.0.0.1:{proxy.port}: "
+        "the proxy refused the tunnel: 407 Proxy Authentication Required"
+    )
+    assert "wrong-password" not in message
+    assert server.connections == 0
+    assert pool.open_count == 0
+
+
+async def test_a_proxy_that_is_not_there_cannot_connect(
+    serve: Callable,
+) -> None:
+    server = await serve(answering(ok()))
+    pool = Pool(
+        f"http://127.0.0.1:{server.port}/v1",
+        max_connections=1,
+        connect_timeout_s=5,
+        timeout_s=5,
+        proxy=Proxy.from_url("http://127.0.0.1:9"),
+    )
+
+    with pytest.raises(CannotConnect, match=r"by way of proxy 127\.0\.0\.1:9:"):
+        await pool.request("GET", f"http://127.0.0.1:{server.port}/v1/models", [])
+
+    assert server.connections == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "proxy"),
+    [
+        ("http://proxy.internal:3128", Proxy("proxy.internal", 3128)),
+        ("http://10.1.2.3", Proxy("10.1.2.3", 80)),
+        ("http://[::1]:8080/", Proxy("::1", 8080)),
+        ("http://bob:s%40cret@p:1", Proxy("p", 1, BOB)),
+        (
+            "http://bob@p:1",
+            Proxy("p", 1, "Basic " + base64.b64encode(b"bob:").decode()),
+        ),
+    ],
+)
+def test_a_proxy_url_gives_the_proxy_and_its_credentials(
+    url: str, proxy: Proxy
+) -> None:
+    assert Proxy.from_url(url) == proxy
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://bob:hunter2@p:1",
+        "socks5://bob:hunter2@p:1",
+        "http://bob:hunter2@:1",
+        "http://bob:hunter2@p:1/path",
+        "http://bob:hunter2@p:99999",
+        "bob:hunter2@p:1",
+    ],
+)
+def test_a_bad_proxy_url_is_refused_without_repeating_it(url: str) -> None:
+    with pytest.raises(ValueError, match="proxy URL") as refused:
+        Proxy.from_url(url)
+
+    assert "hunter2" not in str(refused.value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -28,6 +29,7 @@ from tests.fake_upstream import FakeUpstream
 from tests.fixtures import recorded
 from tests.harness import BOTH_FRONT_DOORS, serving, upstreams_at
 from tests.test_front import connection, plain_request
+from tests.test_http1 import BOB, start_proxy
 from tests.test_recorder import wait_until
 
 FRONT_DOORS = BOTH_FRONT_DOORS
@@ -513,6 +515,64 @@ async def test_upstream_down_is_a_recorded_502(
         "upstream_error",
         0,
     )
+
+
+async def test_an_upstream_behind_a_proxy_is_called_through_it(
+    gateway: Gateway, fake: FakeUpstream, rows: Any, serve: Any, caplog: Any
+) -> None:
+    proxy = await start_proxy(serve, required=BOB)
+    client = await gateway(proxy_url=f"http://bob:s%40cret@127.0.0.1:{proxy.port}")
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+    with caplog.at_level(logging.DEBUG):
+        async with openai_client(client) as oai:
+            completion = await oai.chat.completions.create(**chat)
+            stream = await oai.chat.completions.create(**chat, stream=True)
+            [chunk async for chunk in stream]
+
+    assert completion.choices[0].message.content == fake.answer
+    # One pooled connection to the proxy carried both calls.
+    [head] = proxy.heads
+    assert head.startswith(
+        f"POST {fake.base_url}/chat/completions HTTP/1.1\r\n".encode()
+    )
+    assert f"Proxy-Authorization: {BOB}".encode() in head
+    assert len(fake.received) == 2
+    # The test's proxy strips its credentials from the first request only.
+    assert "Proxy-Authorization" not in fake.received[0].headers
+    recorded = await rows(client)
+    assert [r["streamed"] for r in sorted(recorded, key=lambda r: r["streamed"])] == [
+        False,
+        True,
+    ]
+    for row in recorded:
+        assert row["error"] is None
+        assert_cost(row, GPT_4O_MINI)
+    assert "s@cret" not in caplog.text
+    assert "s%40cret" not in caplog.text
+
+
+async def test_a_proxy_that_refuses_is_a_recorded_502_that_names_no_secret(
+    gateway: Gateway, fake: FakeUpstream, rows: Any, serve: Any, caplog: Any
+) -> None:
+    proxy = await start_proxy(serve, required=BOB)
+    client = await gateway(proxy_url=f"http://bob:hunter2@127.0.0.1:{proxy.port}")
+
+    with caplog.at_level(logging.DEBUG):
+        async with openai_client(client) as oai:
+            with pytest.raises(openai.APIStatusError) as caught:
+                await oai.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+                )
+
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_error"  # type: ignore[index]
+    assert fake.received == []
+    (row,) = await rows(client)
+    assert (row["status"], row["error"]) == (502, "upstream_error")
+    assert "407 Proxy Authentication Required" in caplog.text
+    assert "hunter2" not in caplog.text
+    assert "hunter2" not in str(caught.value.body)
 
 
 async def test_upstream_stall_is_a_recorded_504_with_estimated_input(
