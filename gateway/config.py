@@ -38,7 +38,7 @@ from pydantic_settings import (
 )
 
 from gateway.errors import ConfigError
-from gateway.http1 import Proxy
+from gateway.http1 import ForwardProxy
 
 CONFIG_ENV = "TALLYGATE_CONFIG"
 DEFAULT_CONFIG_FILE = Path("config.toml")
@@ -142,14 +142,14 @@ class UpstreamSettings(Section):
     @classmethod
     def proxy_url_is_a_proxy(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            Proxy.from_url(value.get_secret_value())
+            ForwardProxy.from_url(value.get_secret_value())
         return value
 
     @property
-    def proxy(self) -> Proxy | None:
+    def proxy(self) -> ForwardProxy | None:
         if self.proxy_url is None:
             return None
-        return Proxy.from_url(self.proxy_url.get_secret_value())
+        return ForwardProxy.from_url(self.proxy_url.get_secret_value())
 
     def claims(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)

@@ -7,7 +7,7 @@ on as it arrives (``Content-Length``, chunked, or until the upstream closes),
 a connect timeout and a whole-call deadline, and errors that say whether the
 request ever left. Bytes are never decoded or decompressed.
 
-Through an HTTP proxy (``Proxy``), an https upstream is reached by a tunnel
+Through an HTTP proxy (``ForwardProxy``), an https upstream is reached by a tunnel
 (``CONNECT host:port``, then TLS with the upstream inside it) and an http one
 by requests in absolute form, both with the proxy's ``Proxy-Authorization``
 when its URL holds a user. A tunnel lives as long as its keep-alive connection.
@@ -620,7 +620,7 @@ class Connection(asyncio.Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Proxy:
+class ForwardProxy:
     """An HTTP proxy that a pool reaches its upstream through."""
 
     host: str
@@ -629,7 +629,7 @@ class Proxy:
     authorization: str | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> Proxy:
+    def from_url(cls, url: str) -> ForwardProxy:
         """Read ``http://[user:password@]host[:port]``; raise ValueError otherwise."""
         # The messages never quote the URL: it may hold a password.
         try:
@@ -695,7 +695,7 @@ class Pool:
         connect_timeout_s: float,
         timeout_s: float,
         ssl_context: ssl.SSLContext | None = None,
-        proxy: Proxy | None = None,
+        proxy: ForwardProxy | None = None,
     ) -> None:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -856,7 +856,7 @@ class Pool:
         return conn
 
     async def open_tunnel(
-        self, proxy: Proxy, context: ssl.SSLContext
+        self, proxy: ForwardProxy, context: ssl.SSLContext
     ) -> tuple[asyncio.BaseTransport, Connection]:
         """Ask *proxy* for a tunnel to the upstream and start TLS inside it."""
         opening = _TunnelOpening(self.loop)

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 
 from gateway.config import UpstreamSettings
 from gateway.errors import UpstreamError, UpstreamTimeout
-from gateway.http1 import CannotConnect, ClientError, Pool, Proxy
+from gateway.http1 import CannotConnect, ClientError, ForwardProxy, Pool
 from gateway.tags import REQUEST_ID_HEADER, is_tag_header
 
 # RFC 9110 7.6.1: meaningful for one connection only, never relayed.
@@ -58,7 +58,7 @@ class Upstream:
     connect_timeout_s: float
     max_connections: int
     # The HTTP proxy the pool goes through, None to connect straight.
-    proxy: Proxy | None = None
+    proxy: ForwardProxy | None = None
     pool: Pool | None = None
 
     @classmethod

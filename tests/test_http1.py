@@ -32,9 +32,9 @@ from gateway.http1 import (
     Connection,
     ConnectTimeout,
     Disconnected,
+    ForwardProxy,
     InvalidRequestHeader,
     Pool,
-    Proxy,
     Reply,
     ResponseTimeout,
     chunk_size,
@@ -1026,8 +1026,8 @@ async def start_proxy(
 BOB = "Basic " + base64.b64encode(b"bob:s@cret").decode()
 
 
-def bobs_proxy(proxy: FakeProxy, password: str = "s%40cret") -> Proxy:
-    return Proxy.from_url(f"http://bob:{password}@127.0.0.1:{proxy.port}")
+def bobs_proxy(proxy: FakeProxy, password: str = "s%40cret") -> ForwardProxy:
+    return ForwardProxy.from_url(f"http://bob:{password}@127.0.0.1:{proxy.port}")
 
 
 def tls_contexts(certificate: tuple[Path, Path]) -> tuple[ssl.SSLContext, ...]:
@@ -1170,7 +1170,7 @@ async def test_a_proxy_that_is_not_there_cannot_connect(
         max_connections=1,
         connect_timeout_s=5,
         timeout_s=5,
-        proxy=Proxy.from_url("http://127.0.0.1:9"),
+        proxy=ForwardProxy.from_url("http://127.0.0.1:9"),
     )
 
     with pytest.raises(CannotConnect, match=r"by way of proxy 127\.0\.0\.1:9:"):
@@ -1182,20 +1182,20 @@ async def test_a_proxy_that_is_not_there_cannot_connect(
 @pytest.mark.parametrize(
     ("url", "proxy"),
     [
-        ("http://proxy.internal:3128", Proxy("proxy.internal", 3128)),
-        ("http://10.1.2.3", Proxy("10.1.2.3", 80)),
-        ("http://[::1]:8080/", Proxy("::1", 8080)),
-        ("http://bob:s%40cret@p:1", Proxy("p", 1, BOB)),
+        ("http://proxy.internal:3128", ForwardProxy("proxy.internal", 3128)),
+        ("http://10.1.2.3", ForwardProxy("10.1.2.3", 80)),
+        ("http://[::1]:8080/", ForwardProxy("::1", 8080)),
+        ("http://bob:s%40cret@p:1", ForwardProxy("p", 1, BOB)),
         (
             "http://bob@p:1",
-            Proxy("p", 1, "Basic " + base64.b64encode(b"bob:").decode()),
+            ForwardProxy("p", 1, "Basic " + base64.b64encode(b"bob:").decode()),
         ),
     ],
 )
 def test_a_proxy_url_gives_the_proxy_and_its_credentials(
-    url: str, proxy: Proxy
+    url: str, proxy: ForwardProxy
 ) -> None:
-    assert Proxy.from_url(url) == proxy
+    assert ForwardProxy.from_url(url) == proxy
 
 
 @pytest.mark.parametrize(
@@ -1211,6 +1211,6 @@ def test_a_proxy_url_gives_the_proxy_and_its_credentials(
 )
 def test_a_bad_proxy_url_is_refused_without_repeating_it(url: str) -> None:
     with pytest.raises(ValueError, match="proxy URL") as refused:
-        Proxy.from_url(url)
+        ForwardProxy.from_url(url)
 
     assert "hunter2" not in str(refused.value)
