@@ -709,6 +709,10 @@ class Pool:
         if url.scheme == "https":
             self.ssl = ssl_context or ssl.create_default_context()
         self.proxy = proxy
+        # Where a connection goes: the upstream, or the proxy in front of it.
+        self.dial = (
+            (self.host, self.port) if proxy is None else (proxy.host, proxy.port)
+        )
         # An http upstream behind a proxy is asked in absolute form
         # ("POST http://host/v1/..."), with the proxy's credentials.
         self.absolute_form = proxy is not None and self.ssl is None
@@ -820,20 +824,14 @@ class Pool:
     async def connect(self, deadline: float) -> Connection:
         self.open_count += 1
         connect_by = min(deadline, self.loop.time() + self.connect_timeout_s)
-        proxy = self.proxy
         try:
             async with asyncio.timeout_at(connect_by):
-                if proxy is not None and self.ssl is not None:
-                    transport, conn = await self.open_tunnel(proxy, self.ssl)
-                elif proxy is not None:
-                    transport, conn = await self.loop.create_connection(
-                        lambda: Connection(self), proxy.host, proxy.port
-                    )
+                if self.proxy is not None and self.ssl is not None:
+                    transport, conn = await self.open_tunnel(self.ssl)
                 else:
                     transport, conn = await self.loop.create_connection(
                         lambda: Connection(self),
-                        self.host,
-                        self.port,
+                        *self.dial,
                         ssl=self.ssl,
                         server_hostname=self.host if self.ssl else None,
                     )
@@ -856,13 +854,11 @@ class Pool:
         return conn
 
     async def open_tunnel(
-        self, proxy: ForwardProxy, context: ssl.SSLContext
+        self, context: ssl.SSLContext
     ) -> tuple[asyncio.BaseTransport, Connection]:
-        """Ask *proxy* for a tunnel to the upstream and start TLS inside it."""
+        """Ask the proxy for a tunnel to the upstream and start TLS inside it."""
         opening = _TunnelOpening(self.loop)
-        transport, _ = await self.loop.create_connection(
-            lambda: opening, proxy.host, proxy.port
-        )
+        transport, _ = await self.loop.create_connection(lambda: opening, *self.dial)
         try:
             host = f"[{self.host}]" if ":" in self.host else self.host
             authority = f"{host}:{self.port}"
@@ -893,7 +889,8 @@ class Pool:
         """The upstream's authority, and the proxy's when there is one."""
         if self.proxy is None:
             return self.host_header
-        return f"{self.host_header} by way of proxy {self.proxy.host}:{self.proxy.port}"
+        host, port = self.dial
+        return f"{self.host_header} by way of proxy {host}:{port}"
 
     def put_back(self, conn: Connection) -> None:
         while self.waiters:
