@@ -34,6 +34,8 @@ def build_completion() -> bytes:
             "object": "chat.completion",
             "created": 1_700_000_000,
             "model": MODEL,
+            # OpenAI names the tier that served the call in every answer and chunk.
+            "service_tier": "default",
             "choices": [
                 {
                     "index": 0,
@@ -65,6 +67,7 @@ def build_events(chunks: int, include_usage: bool) -> list[bytes]:
             "object": "chat.completion.chunk",
             "created": 1_700_000_000,
             "model": MODEL,
+            "service_tier": "default",
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
         if include_usage:
@@ -82,6 +85,7 @@ def build_events(chunks: int, include_usage: bool) -> list[bytes]:
                 "object": "chat.completion.chunk",
                 "created": 1_700_000_000,
                 "model": MODEL,
+                "service_tier": "default",
                 "choices": [],
                 "usage": usage_object(),
             }
