@@ -1161,6 +1161,50 @@ async def test_a_proxy_that_refuses_the_tunnel_means_nothing_was_sent(
     assert pool.open_count == 0
 
 
+async def test_an_untrusted_certificate_inside_a_tunnel_is_refused(
+    serve: Callable, certificate: tuple[Path, Path]
+) -> None:
+    server_side, _ = tls_contexts(certificate)
+    seen: list[Server] = []
+    server = await serve(answering(ok(), server=seen), server_side)
+    seen.append(server)
+    proxy = await start_proxy(serve)
+    base = f"https://127.0.0.1:{server.port}"
+    pool = Pool(
+        f"{base}/v1",
+        max_connections=1,
+        connect_timeout_s=5,
+        timeout_s=5,
+        proxy=ForwardProxy.from_url(f"http://127.0.0.1:{proxy.port}"),
+    )
+
+    with pytest.raises(CannotConnect, match="CERTIFICATE_VERIFY_FAILED"):
+        await pool.request("POST", f"{base}/v1/chat/completions", [], b"{}")
+
+    # The tunnel reached the upstream; the handshake failed before a request.
+    assert len(proxy.heads) == 1
+    assert server.requests == []
+    assert pool.open_count == 0
+
+
+async def test_a_proxy_that_never_answers_connect_times_out(
+    serve: Callable,
+) -> None:
+    silent = await serve(never_answering)
+    pool = Pool(
+        "https://api.example.invalid/v1",
+        max_connections=1,
+        connect_timeout_s=0.3,
+        timeout_s=5,
+        proxy=ForwardProxy.from_url(f"http://127.0.0.1:{silent.port}"),
+    )
+
+    with pytest.raises(ConnectTimeout, match="by way of proxy"):
+        await pool.request("POST", "https://api.example.invalid/v1/x", [], b"{}")
+
+    assert pool.open_count == 0
+
+
 async def test_a_proxy_that_is_not_there_cannot_connect(
     serve: Callable,
 ) -> None:
