@@ -1037,24 +1037,45 @@ def tls_contexts(certificate: tuple[Path, Path]) -> tuple[ssl.SSLContext, ...]:
     return server_side, ssl.create_default_context(cafile=str(cert))
 
 
+async def recording(
+    serve: Callable[..., Awaitable[Server]],
+    *answers: bytes,
+    context: ssl.SSLContext | None = None,
+) -> Server:
+    """A server answering *answers* in turn that keeps the requests it read."""
+    seen: list[Server] = []
+    server = await serve(answering(*answers, server=seen), context)
+    seen.append(server)
+    return server
+
+
+def proxied_pool(
+    base: str,
+    proxy: ForwardProxy,
+    context: ssl.SSLContext | None = None,
+    **options: float,
+) -> Pool:
+    settings = {"max_connections": 1, "connect_timeout_s": 5.0, "timeout_s": 5.0}
+    settings.update(options)
+    return Pool(
+        f"{base}/v1",
+        max_connections=int(settings["max_connections"]),
+        connect_timeout_s=settings["connect_timeout_s"],
+        timeout_s=settings["timeout_s"],
+        ssl_context=context,
+        proxy=proxy,
+    )
+
+
 async def tunnelled_calls(
     serve: Callable[..., Awaitable[Server]], certificate: tuple[Path, Path]
 ) -> None:
     """Two calls to an https upstream through one tunnel of an asking proxy."""
     server_side, trusting = tls_contexts(certificate)
-    seen: list[Server] = []
-    server = await serve(answering(ok(), ok(b"again"), server=seen), server_side)
-    seen.append(server)
+    server = await recording(serve, ok(), ok(b"again"), context=server_side)
     proxy = await start_proxy(serve, required=BOB)
     base = f"https://127.0.0.1:{server.port}"
-    pool = Pool(
-        f"{base}/v1",
-        max_connections=2,
-        connect_timeout_s=5,
-        timeout_s=5,
-        ssl_context=trusting,
-        proxy=bobs_proxy(proxy),
-    )
+    pool = proxied_pool(base, bobs_proxy(proxy), trusting, max_connections=2)
 
     for expected in (OK_BODY, b"again"):
         reply = await pool.request("POST", f"{base}/v1/chat/completions", [], b"{}")
@@ -1097,18 +1118,10 @@ def test_a_proxy_tunnel_works_the_same_on_uvloop(
 async def test_an_http_upstream_is_asked_in_absolute_form_through_a_proxy(
     serve: Callable,
 ) -> None:
-    seen: list[Server] = []
-    server = await serve(answering(ok(), ok(b"again"), server=seen))
-    seen.append(server)
+    server = await recording(serve, ok(), ok(b"again"))
     proxy = await start_proxy(serve, required=BOB)
     base = f"http://127.0.0.1:{server.port}"
-    pool = Pool(
-        f"{base}/v1",
-        max_connections=1,
-        connect_timeout_s=5,
-        timeout_s=5,
-        proxy=bobs_proxy(proxy),
-    )
+    pool = proxied_pool(base, bobs_proxy(proxy))
 
     for expected in (OK_BODY, b"again"):
         reply = await pool.request(
@@ -1139,14 +1152,7 @@ async def test_a_proxy_that_refuses_the_tunnel_means_nothing_was_sent(
     server = await serve(answering(ok()), server_side)
     proxy = await start_proxy(serve, required=BOB)
     base = f"https://127.0.0.1:{server.port}"
-    pool = Pool(
-        f"{base}/v1",
-        max_connections=1,
-        connect_timeout_s=5,
-        timeout_s=5,
-        ssl_context=trusting,
-        proxy=bobs_proxy(proxy, password="wrong-password"),
-    )
+    pool = proxied_pool(base, bobs_proxy(proxy, password="wrong-password"), trusting)
 
     with pytest.raises(CannotConnect) as refused:
         await pool.request("POST", f"{base}/v1/chat/completions", [], b"{}")
@@ -1165,18 +1171,10 @@ async def test_an_untrusted_certificate_inside_a_tunnel_is_refused(
     serve: Callable, certificate: tuple[Path, Path]
 ) -> None:
     server_side, _ = tls_contexts(certificate)
-    seen: list[Server] = []
-    server = await serve(answering(ok(), server=seen), server_side)
-    seen.append(server)
+    server = await recording(serve, ok(), context=server_side)
     proxy = await start_proxy(serve)
     base = f"https://127.0.0.1:{server.port}"
-    pool = Pool(
-        f"{base}/v1",
-        max_connections=1,
-        connect_timeout_s=5,
-        timeout_s=5,
-        proxy=ForwardProxy.from_url(f"http://127.0.0.1:{proxy.port}"),
-    )
+    pool = proxied_pool(base, ForwardProxy.from_url(f"http://127.0.0.1:{proxy.port}"))
 
     with pytest.raises(CannotConnect, match="CERTIFICATE_VERIFY_FAILED"):
         await pool.request("POST", f"{base}/v1/chat/completions", [], b"{}")
@@ -1191,12 +1189,10 @@ async def test_a_proxy_that_never_answers_connect_times_out(
     serve: Callable,
 ) -> None:
     silent = await serve(never_answering)
-    pool = Pool(
-        "https://api.example.invalid/v1",
-        max_connections=1,
+    pool = proxied_pool(
+        "https://api.example.invalid",
+        ForwardProxy.from_url(f"http://127.0.0.1:{silent.port}"),
         connect_timeout_s=0.3,
-        timeout_s=5,
-        proxy=ForwardProxy.from_url(f"http://127.0.0.1:{silent.port}"),
     )
 
     with pytest.raises(ConnectTimeout, match="by way of proxy"):
@@ -1209,13 +1205,8 @@ async def test_a_proxy_that_is_not_there_cannot_connect(
     serve: Callable,
 ) -> None:
     server = await serve(answering(ok()))
-    pool = Pool(
-        f"http://127.0.0.1:{server.port}/v1",
-        max_connections=1,
-        connect_timeout_s=5,
-        timeout_s=5,
-        proxy=ForwardProxy.from_url("http://127.0.0.1:9"),
-    )
+    base = f"http://127.0.0.1:{server.port}"
+    pool = proxied_pool(base, ForwardProxy.from_url("http://127.0.0.1:9"))
 
     with pytest.raises(CannotConnect, match=r"by way of proxy 127\.0\.0\.1:9:"):
         await pool.request("GET", f"http://127.0.0.1:{server.port}/v1/models", [])
