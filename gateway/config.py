@@ -39,6 +39,7 @@ from pydantic_settings import (
 
 from gateway.errors import ConfigError
 from gateway.http1 import ForwardProxy
+from gateway.usage import service_tier_name
 
 CONFIG_ENV = "TALLYGATE_CONFIG"
 DEFAULT_CONFIG_FILE = Path("config.toml")
@@ -168,6 +169,19 @@ class ModelPrice(TierPrice):
         default_factory=dict,
         description="Prices at the service tiers the upstream names (flex, ...).",
     )
+
+    @field_validator("service_tiers")
+    @classmethod
+    def tiers_are_named_as_answers_name_them(
+        cls, value: dict[str, TierPrice]
+    ) -> dict[str, TierPrice]:
+        for name in value:
+            if service_tier_name(name) is None:
+                raise ValueError(
+                    f"{name[:40]!r} is not a service tier as answers name them: "
+                    "a lower-case word (flex, priority)"
+                )
+        return value
 
 
 class RecorderSettings(Section):

@@ -185,6 +185,9 @@ def test_a_bad_value_names_key_value_and_expectation(
         '[upstreams.a]\nbase_url = "http://a/v1"\ndefault = true\n'
         'api_key = "sk-424242424242"\n'
         '[upstreams.b]\nbase_url = "http://b/v1"\ndefault = true\n',
+        # A proxy URL that is not one, with its password.
+        '[upstreams.a]\nbase_url = "https://a/v1"\ndefault = true\n'
+        'proxy_url = "https://bob:424242424242@proxy:3128"\n',
     ],
 )
 def test_a_bad_value_never_shows_a_secret(tmp_path: Path, toml: str) -> None:
@@ -193,6 +196,22 @@ def test_a_bad_value_never_shows_a_secret(tmp_path: Path, toml: str) -> None:
 
     assert "424242424242" not in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_a_service_tier_price_must_be_named_as_answers_name_tiers(
+    tmp_path: Path,
+) -> None:
+    toml = (
+        '[pricing."m"]\ninput = 1\noutput = 2\n'
+        '[pricing."m".service_tiers.Flex]\ninput = 0.5\noutput = 1\n'
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write_config(tmp_path, toml), environ={})
+
+    assert "pricing.m.service_tiers: Value error, 'Flex' is not a service tier" in str(
+        caught.value
+    )
 
 
 def test_serve_with_a_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
