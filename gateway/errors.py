@@ -37,6 +37,8 @@ class GatewayError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+        # The X-Request-Id of a proxied call refused before it went upstream.
+        self.request_id: str | None = None
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.code, self.param)
@@ -104,11 +106,19 @@ def json_error(
 
 def refused(method: str, path: str, exc: GatewayError) -> web.Response:
     """Log a refused request once and return its answer."""
+    request_id = exc.request_id
+    if request_id is None:
+        log.info(
+            "%s %s refused: %s", method, path, exc.message,
+            extra={"status": exc.status, "code": exc.code},
+        )  # fmt: skip
+        return exc.response()
     log.info(
-        "%s %s refused: %s", method, path, exc.message,
+        "%s %s refused: %s (request %s)", method, path, exc.message, request_id,
         extra={"status": exc.status, "code": exc.code},
     )  # fmt: skip
-    return exc.response()
+    # The header's name as tags.REQUEST_ID_HEADER spells it (tags imports us).
+    return exc.response({"X-Request-Id": request_id})
 
 
 def internal_error(method: str, path: str) -> web.Response:

@@ -282,27 +282,32 @@ async def admit(request: Incoming, proxy: Proxy) -> Call:
     """Check and read the request; return the call, or raise why it is refused."""
     path = split_target(request.raw_path)
     headers = request.headers
-    tags = read_tags(headers)
+    # First: every refusal after this answers with the id (a bad one, none).
     request_id = read_request_id(headers)
-    key_label = check_gateway_key(headers, proxy.gateway_keys)
-    reading = perf_counter()
-    body = await read_body(request, proxy.max_body_bytes)
-    # The upload is the client's time, not the gateway's overhead.
-    read_s = perf_counter() - reading
+    try:
+        tags = read_tags(headers)
+        key_label = check_gateway_key(headers, proxy.gateway_keys)
+        reading = perf_counter()
+        body = await read_body(request, proxy.max_body_bytes)
+        # The upload is the client's time, not the gateway's overhead.
+        read_s = perf_counter() - reading
 
-    # A GET on an accounted path (none exists today) is relayed without a row.
-    accounted = request.method == "POST" and path.rest in ACCOUNTED_ENDPOINTS
-    model: str | None = None
-    hide_usage_chunk = False
-    if accounted and body:
-        model, changed = read_call_options(path.rest, body)
-        if changed is not None:
-            body, hide_usage_chunk = changed, True
-    target = proxy.router.resolve(path, model)
+        # A GET on an accounted path (none exists today) is relayed without a row.
+        accounted = request.method == "POST" and path.rest in ACCOUNTED_ENDPOINTS
+        model: str | None = None
+        hide_usage_chunk = False
+        if accounted and body:
+            model, changed = read_call_options(path.rest, body)
+            if changed is not None:
+                body, hide_usage_chunk = changed, True
+        target = proxy.router.resolve(path, model)
 
-    if accounted:
-        for check in request.app[ADMISSION]:
-            check(tags.admission_view())
+        if accounted:
+            for check in request.app[ADMISSION]:
+                check(tags.admission_view())
+    except GatewayError as exc:
+        exc.request_id = request_id
+        raise
     return Call(
         request_id=request_id,
         target=target,

@@ -767,6 +767,40 @@ async def test_a_bad_tag_header_is_refused_before_any_upstream(
     assert await rows(client) == []
 
 
+async def test_a_refusal_before_any_upstream_carries_the_request_id(
+    gateway: Gateway, fake: FakeUpstream, caplog: Any
+) -> None:
+    client = await gateway(server={"max_body_bytes": 1000})
+    chat = {"model": "gpt-4o-mini", "messages": []}
+
+    with caplog.at_level(logging.INFO, logger="gateway.errors"):
+        bad_tag = await client.post(
+            "/v1/chat/completions",
+            json=chat,
+            headers={"X-Ticker": "x" * 500, "X-Request-Id": "trade-7"},
+        )
+        too_large = await client.post(
+            "/v1/chat/completions", json={**chat, "input": "x" * 2000}
+        )
+        bad_id = await client.post(
+            "/v1/chat/completions", json=chat, headers={"X-Request-Id": "a b"}
+        )
+
+    assert (bad_tag.status, bad_tag.headers["X-Request-Id"]) == (400, "trade-7")
+    generated = too_large.headers["X-Request-Id"]
+    assert too_large.status == 413
+    assert generated.startswith("tg-")
+    # An id that is not one is the refusal's reason, and is not echoed.
+    assert bad_id.status == 400
+    assert "X-Request-Id" not in bad_id.headers
+    assert (await bad_id.json())["error"]["param"] == "X-Request-Id"
+    assert fake.received == []
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 3
+    assert refusals[0].endswith("(request trade-7)")
+    assert refusals[1].endswith(f"(request {generated})")
+
+
 async def test_a_body_over_the_limit_is_413(
     gateway: Gateway, fake: FakeUpstream
 ) -> None:
