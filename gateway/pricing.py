@@ -24,7 +24,10 @@ for that tier. A tier the prices do not list, and ``default``, costs the
 standard rates; a tier the catalog does not list is warned about once.
 
 Cached input tokens are priced at the cached rate and the rest of the input at
-the input rate; reasoning tokens are part of the output and priced once. The
+the input rate; reasoning tokens are part of the output and priced once. Audio
+tokens (part of the input and the output) are priced at the catalog's audio
+rates where the model has them (``gpt-audio``: 32 and 64 USD a million against
+2.50 and 10 for its text), else at the text rates, as are they by an override. The
 arithmetic is Decimal throughout, and each part is rounded to 12 places (the
 ``numeric(20,12)`` columns), half to even; the total is the sum of the rounded
 parts, so it always equals input plus output.
@@ -93,6 +96,8 @@ class _CatalogModel:
     is_simple: bool
     # The service tiers the catalog prices apart from the standard rates.
     tiers: frozenset[str]
+    # True when audio tokens have rates of their own.
+    prices_audio: bool
 
 
 class PriceBook:
@@ -158,16 +163,26 @@ class PriceBook:
                 context = {"service_tier": service_tier}
             elif service_tier not in STANDARD_TIERS:
                 self._warn_unpriced_tier(found.model.id, service_tier)
-        if not found.is_simple:
-            return self._price_by_catalog(
-                found,
-                input_tokens,
-                cached_tokens,
-                output_tokens,
-                reasoning_tokens,
-                at,
-                context,
+        audio = usage.input_audio_tokens or usage.output_audio_tokens
+        if not found.is_simple or (audio and found.prices_audio):
+            counts = genai_prices.Usage(
+                input_tokens=input_tokens,
+                cache_read_tokens=cached_tokens,
+                output_tokens=output_tokens,
+                output_reasoning_tokens=reasoning_tokens,
             )
+            if audio:
+                # Audio is part of the input beside the cached text, at most
+                # what is left of it: a report that says more is cut down.
+                # Chat usage names no cached audio: the cached tokens are text.
+                counts.cache_audio_read_tokens = 0
+                counts.input_audio_tokens = min(
+                    max(usage.input_audio_tokens, 0), input_tokens - cached_tokens
+                )
+                counts.output_audio_tokens = min(
+                    max(usage.output_audio_tokens, 0), output_tokens
+                )
+            return self._price_by_catalog(found, counts, at, context)
 
         rates = found.model.get_prices(at, context)
         input_rate = _rate(rates.input_mtok, input_tokens)
@@ -240,24 +255,16 @@ class PriceBook:
             found_model,
             _is_simple(found_model),
             _priced_tiers(found_provider, found_model),
+            _prices_audio(found_model),
         )
 
     def _price_by_catalog(
         self,
         found: _CatalogModel,
-        input_tokens: int,
-        cached_tokens: int,
-        output_tokens: int,
-        reasoning_tokens: int,
+        usage: genai_prices.Usage,
         at: datetime,
         context: catalog.PriceContext | None,
     ) -> Cost | None:
-        usage = genai_prices.Usage(
-            input_tokens=input_tokens,
-            cache_read_tokens=cached_tokens,
-            output_tokens=output_tokens,
-            output_reasoning_tokens=reasoning_tokens,
-        )
         try:
             price = found.model.calc_price(
                 usage, found.provider, genai_request_timestamp=at, price_context=context
@@ -354,14 +361,26 @@ def _priced_tiers(
     )
 
 
-def _is_simple(model: catalog.ModelInfo) -> bool:
-    """Whether every price of *model* is made of rates the gateway applies itself."""
+def _all_prices(model: catalog.ModelInfo) -> list[catalog.ModelPrice]:
+    """Every set of prices *model* has: over time, and by request variant."""
     if isinstance(model.prices, catalog.ModelPrice):
         prices = [model.prices]
     else:
         prices = [conditional.prices for conditional in model.prices]
-    prices += [variant.prices for variant in model.price_variants or ()]
-    for price in prices:
+    return prices + [variant.prices for variant in model.price_variants or ()]
+
+
+def _prices_audio(model: catalog.ModelInfo) -> bool:
+    """Whether any price of *model* has an audio token rate."""
+    return any(
+        price.input_audio_mtok is not None or price.output_audio_mtok is not None
+        for price in _all_prices(model)
+    )
+
+
+def _is_simple(model: catalog.ModelInfo) -> bool:
+    """Whether every price of *model* is made of rates the gateway applies itself."""
+    for price in _all_prices(model):
         for key, value in vars(price).items():
             if value is None or key in _FAST_KEYS:
                 continue

@@ -5,7 +5,8 @@ Three dialects of the ``usage`` object are understood:
 
 - chat and legacy completions, embeddings: ``prompt_tokens``,
   ``completion_tokens``, ``total_tokens``, ``prompt_tokens_details.cached_tokens``,
-  ``completion_tokens_details.reasoning_tokens``;
+  ``completion_tokens_details.reasoning_tokens``, and the ``audio_tokens`` of
+  both details objects (audio models price them apart);
 - DeepSeek, the same plus ``prompt_cache_hit_tokens`` (which wins over
   ``prompt_tokens_details.cached_tokens``) and ``prompt_cache_miss_tokens``;
 - the Responses API: ``input_tokens``, ``output_tokens``,
@@ -48,6 +49,9 @@ class Usage:
     # Part of output_tokens; never added twice.
     reasoning_tokens: int = 0
     total_tokens: int = 0
+    # Parts of input_tokens and output_tokens that were audio.
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
 
 
 def usage_from_object(obj: object) -> Usage | None:
@@ -76,6 +80,8 @@ def usage_from_object(obj: object) -> Usage | None:
     reasoning_tokens = _detail(obj, "completion_tokens_details", "reasoning_tokens")
     if reasoning_tokens is None:
         reasoning_tokens = _detail(obj, "output_tokens_details", "reasoning_tokens")
+    input_audio = _detail(obj, "prompt_tokens_details", "audio_tokens")
+    output_audio = _detail(obj, "completion_tokens_details", "audio_tokens")
 
     if input_tokens is None and cache_hit is not None:
         cache_miss = _count(obj.get("prompt_cache_miss_tokens"))
@@ -96,6 +102,8 @@ def usage_from_object(obj: object) -> Usage | None:
         output_tokens=output_tokens,
         reasoning_tokens=min(reasoning_tokens or 0, output_tokens),
         total_tokens=total_tokens,
+        input_audio_tokens=min(input_audio or 0, input_tokens),
+        output_audio_tokens=min(output_audio or 0, output_tokens),
     )
 
 

@@ -88,6 +88,9 @@ class FakeUpstream:
         self.prompt_tokens = 21
         self.cached_tokens = 0
         self.reasoning_tokens = 0
+        # Parts of the prompt and completion that were audio (chat only).
+        self.input_audio_tokens = 0
+        self.output_audio_tokens = 0
         # Seconds between stream events (a slow drip when above zero).
         self.event_delay_s = 0.0
         # Streams being written right now.
@@ -238,10 +241,13 @@ class FakeUpstream:
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "prompt_tokens_details": {
+                "cached_tokens": cached,
+                "audio_tokens": self.input_audio_tokens,
+            },
             "completion_tokens_details": {
                 "reasoning_tokens": self.reasoning_tokens,
-                "audio_tokens": 0,
+                "audio_tokens": self.output_audio_tokens,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,
             },

@@ -11,6 +11,8 @@ price pages, which the bundled catalog carries:
 - DeepSeek deepseek-chat: $0.27 input (cache miss), $0.07 cache hit, $1.10
   output from 00:30 to 16:30 UTC, half that ($0.135 / $0.035 / $0.55) off-peak;
   deepseek-v4-flash before 2026-08-17, off-peak: $0.14 / $0.0028 / $0.28.
+- gpt-audio: $2.50 input, $10 output, audio $32 input and $64 output, no
+  cached rate; gpt-4o-audio-preview: $2.50 / $10, no audio rates.
 - Service tiers, from 2026-10-12 (before that the catalog has none): o3 at
   flex $1 / $0.25 / $4 (standard $2 / $0.50 / $8); gpt-4o-mini at priority
   $0.25 / $0.125 / $1, and no flex price.
@@ -217,6 +219,44 @@ def test_a_reseller_prices_the_models_it_resells() -> None:
     assert cost.source == SOURCE_CATALOG
 
 
+def test_audio_tokens_cost_the_audio_rates() -> None:
+    usage = Usage(
+        input_tokens=1000,
+        cached_input_tokens=100,
+        output_tokens=100,
+        input_audio_tokens=400,
+        output_audio_tokens=50,
+    )
+
+    cost = catalog_cost("gpt-audio", usage, "openai", TIERED_NOON)
+
+    # 600 text x $2.50 (the 100 cached too: no cached rate) + 400 x $32
+    # = $14,300 per million; 50 x $10 + 50 x $64 = $3,700.
+    assert cost == Cost(usd("0.0143"), usd("0.0037"), usd("0.018"), SOURCE_CATALOG)
+
+
+def test_audio_tokens_of_a_model_without_audio_rates_cost_the_text_rates() -> None:
+    audio = Usage(1000, 0, 100, 0, 1100, input_audio_tokens=400, output_audio_tokens=50)
+
+    cost = catalog_cost("gpt-4o-audio-preview", audio, "openai", TIERED_NOON)
+
+    assert cost == catalog_cost(
+        "gpt-4o-audio-preview", Usage(1000, 0, 100, 0, 1100), "openai", TIERED_NOON
+    )
+    # 1,000 x $2.50; 100 x $10.
+    assert cost == Cost(usd("0.0025"), usd("0.001"), usd("0.0035"), SOURCE_CATALOG)
+
+
+def test_audio_reported_past_the_uncached_input_is_cut_down() -> None:
+    usage = Usage(1000, 900, 100, 0, 1100, input_audio_tokens=400)
+
+    cost = catalog_cost("gpt-audio", usage, "openai", TIERED_NOON)
+
+    # At most the 100 uncached tokens are audio: 900 x $2.50 + 100 x $32.
+    assert cost is not None
+    assert cost.input_usd == usd("0.00545")
+
+
 def test_a_flex_call_costs_the_flex_rates() -> None:
     usage = Usage(input_tokens=10_000, cached_input_tokens=4_000, output_tokens=2_000)
 
@@ -411,6 +451,39 @@ def test_every_catalog_model_costs_what_genai_prices_computes(
         assert cost is not None
         assert cost.input_usd == expected.input_price.quantize(USD_PLACES)
         assert cost.output_usd == expected.output_price.quantize(USD_PLACES)
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"), [*catalog_models(), ("openai", "gpt-audio")]
+)
+def test_every_catalog_model_prices_audio_as_genai_prices_does(
+    provider: str, model: str
+) -> None:
+    usage = Usage(
+        input_tokens=300_123,
+        cached_input_tokens=45_678,
+        output_tokens=9_876,
+        input_audio_tokens=100_000,
+        output_audio_tokens=3_000,
+    )
+    reference = genai_prices.Usage(
+        input_tokens=usage.input_tokens,
+        cache_read_tokens=usage.cached_input_tokens,
+        output_tokens=usage.output_tokens,
+        input_audio_tokens=usage.input_audio_tokens,
+        # Chat usage names no cached audio: its cached tokens are text.
+        cache_audio_read_tokens=0,
+        output_audio_tokens=usage.output_audio_tokens,
+    )
+
+    expected = genai_prices.calc_price(
+        reference, model, provider_id=provider, genai_request_timestamp=TIERED_NOON
+    )
+    cost = PriceBook({}).cost(model, usage, provider=provider, at=TIERED_NOON)
+
+    assert cost is not None
+    assert cost.input_usd == expected.input_price.quantize(USD_PLACES)
+    assert cost.output_usd == expected.output_price.quantize(USD_PLACES)
 
 
 counts = st.integers(min_value=0, max_value=10**9)

@@ -44,6 +44,8 @@ GPT_35_INSTRUCT = (Decimal("1.5"), Decimal("1.5"), Decimal("2"))
 EMBEDDING_3_SMALL = (Decimal("0.02"), Decimal("0.02"), Decimal("0"))
 GPT_4 = (Decimal("30"), Decimal("30"), Decimal("60"))
 O3_FLEX = (Decimal("1"), Decimal("0.25"), Decimal("4"))
+# gpt-audio: text input and output, then audio input and output.
+GPT_AUDIO = (Decimal("2.5"), Decimal("10"), Decimal("32"), Decimal("64"))
 GPT_4O_MINI_PRIORITY = (Decimal("0.25"), Decimal("0.125"), Decimal("1"))
 
 Gateway = Callable[..., Awaitable[TestClient]]
@@ -372,6 +374,33 @@ async def test_a_call_is_priced_at_the_tier_that_served_it(
     # Asked for nothing: OpenAI names the default tier, at the standard rates.
     assert standard["service_tier"] == "default"
     assert standard["total_cost_usd"] == 2 * flex[0]["total_cost_usd"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_audio_tokens_are_priced_at_the_audio_rates(
+    gateway: Gateway, fake: FakeUpstream, rows: Any, stream: bool
+) -> None:
+    client = await gateway()
+    fake.input_audio_tokens, fake.output_audio_tokens = 15, 3
+
+    async with openai_client(client) as oai:
+        answer = await oai.chat.completions.create(
+            model="gpt-audio",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=stream,
+        )
+        if stream:
+            [chunk async for chunk in answer]  # type: ignore[union-attr]
+
+    (row,) = await rows(client)
+    text_in, text_out, audio_in, audio_out = GPT_AUDIO
+    million = Decimal(1_000_000)
+    input_tokens, output_tokens = row["input_tokens"], row["output_tokens"]
+    assert (input_tokens, output_tokens) == (21, 5)
+    # 6 text and 15 audio tokens in; 2 text and 3 audio out.
+    assert row["input_cost_usd"] == (6 * text_in + 15 * audio_in) / million
+    assert row["output_cost_usd"] == (2 * text_out + 3 * audio_out) / million
+    assert row["price_source"] == "genai-prices"
 
 
 @pytest.mark.parametrize("prefix", ["/deepseek", ""])

@@ -259,6 +259,19 @@ def test_any_json_body_never_raises(obj: object) -> None:
     assert usage == usage_from_object(orjson.loads(body)["usage"])
 
 
+def test_audio_tokens_are_read_as_parts_of_their_wholes() -> None:
+    obj = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 100,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 400},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 500},
+    }
+
+    usage = usage_from_object(obj)
+
+    assert usage == Usage(1000, 0, 100, 0, 1100, 400, 100)
+
+
 @pytest.mark.parametrize("tier", ["default", "flex", "priority", "scale", "tier_2"])
 def test_a_body_names_its_service_tier(tier: str) -> None:
     body = orjson.dumps({"model": "o3", "service_tier": tier, "usage": {}})
