@@ -35,6 +35,9 @@ MAX_MODEL_CHARS = 256
 # A service tier is a short word ("default", "flex", "priority", "scale").
 _SERVICE_TIER = re.compile(r"[a-z0-9_-]{1,32}")
 
+# Stands for a details object that is absent or not an object; never written.
+_NO_DETAILS: dict[str, Any] = {}
+
 # Rule of thumb for text in the common tokenizers (cl100k, o200k, DeepSeek's):
 # about four bytes of UTF-8 per token for English and code.
 BYTES_PER_TOKEN = 4
@@ -71,17 +74,25 @@ def usage_from_object(obj: object) -> Usage | None:
         output_tokens = _count(obj.get("output_tokens"))
     total_tokens = _count(obj.get("total_tokens"))
 
+    # The chat dialect's details, each read once for its two or three counts.
+    prompt = obj.get("prompt_tokens_details")
+    if not isinstance(prompt, dict):
+        prompt = _NO_DETAILS
+    completion = obj.get("completion_tokens_details")
+    if not isinstance(completion, dict):
+        completion = _NO_DETAILS
+
     cache_hit = _count(obj.get("prompt_cache_hit_tokens"))
     cached_tokens = cache_hit
     if cached_tokens is None:
-        cached_tokens = _detail(obj, "prompt_tokens_details", "cached_tokens")
+        cached_tokens = _count(prompt.get("cached_tokens"))
     if cached_tokens is None:
         cached_tokens = _detail(obj, "input_tokens_details", "cached_tokens")
-    reasoning_tokens = _detail(obj, "completion_tokens_details", "reasoning_tokens")
+    reasoning_tokens = _count(completion.get("reasoning_tokens"))
     if reasoning_tokens is None:
         reasoning_tokens = _detail(obj, "output_tokens_details", "reasoning_tokens")
-    input_audio = _detail(obj, "prompt_tokens_details", "audio_tokens")
-    output_audio = _detail(obj, "completion_tokens_details", "audio_tokens")
+    input_audio = _count(prompt.get("audio_tokens"))
+    output_audio = _count(completion.get("audio_tokens"))
 
     if input_tokens is None and cache_hit is not None:
         cache_miss = _count(obj.get("prompt_cache_miss_tokens"))
@@ -102,8 +113,9 @@ def usage_from_object(obj: object) -> Usage | None:
         output_tokens=output_tokens,
         reasoning_tokens=min(reasoning_tokens or 0, output_tokens),
         total_tokens=total_tokens,
-        input_audio_tokens=min(input_audio or 0, input_tokens),
-        output_audio_tokens=min(output_audio or 0, output_tokens),
+        # Most calls have no audio: no min() for them.
+        input_audio_tokens=min(input_audio, input_tokens) if input_audio else 0,
+        output_audio_tokens=min(output_audio, output_tokens) if output_audio else 0,
     )
 
 
