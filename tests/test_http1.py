@@ -465,15 +465,28 @@ def ok(body: bytes = OK_BODY, extra: bytes = b"") -> bytes:
     )
 
 
-def pool_for(server: Server, **options: float) -> Pool:
+def pool_at(
+    base: str,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    proxy: ForwardProxy | None = None,
+    **options: float,
+) -> Pool:
+    """A pool for *base* (no /v1) with the tests' defaults, *options* over them."""
     settings = {"max_connections": 4, "connect_timeout_s": 2.0, "timeout_s": 5.0}
     settings.update(options)
     return Pool(
-        f"http://127.0.0.1:{server.port}/v1",
+        f"{base}/v1",
         max_connections=int(settings["max_connections"]),
         connect_timeout_s=settings["connect_timeout_s"],
         timeout_s=settings["timeout_s"],
+        ssl_context=ssl_context,
+        proxy=proxy,
     )
+
+
+def pool_for(server: Server, **options: float) -> Pool:
+    return pool_at(f"http://127.0.0.1:{server.port}", **options)
 
 
 def url(server: Server, path: str = "/v1/chat/completions") -> str:
@@ -1049,24 +1062,6 @@ async def recording(
     return server
 
 
-def proxied_pool(
-    base: str,
-    proxy: ForwardProxy,
-    context: ssl.SSLContext | None = None,
-    **options: float,
-) -> Pool:
-    settings = {"max_connections": 1, "connect_timeout_s": 5.0, "timeout_s": 5.0}
-    settings.update(options)
-    return Pool(
-        f"{base}/v1",
-        max_connections=int(settings["max_connections"]),
-        connect_timeout_s=settings["connect_timeout_s"],
-        timeout_s=settings["timeout_s"],
-        ssl_context=context,
-        proxy=proxy,
-    )
-
-
 async def tunnelled_calls(
     serve: Callable[..., Awaitable[Server]], certificate: tuple[Path, Path]
 ) -> None:
@@ -1075,7 +1070,9 @@ async def tunnelled_calls(
     server = await recording(serve, ok(), ok(b"again"), context=server_side)
     proxy = await start_proxy(serve, required=BOB)
     base = f"https://127.0.0.1:{server.port}"
-    pool = proxied_pool(base, bobs_proxy(proxy), trusting, max_connections=2)
+    pool = pool_at(
+        base, ssl_context=trusting, proxy=bobs_proxy(proxy), max_connections=2
+    )
 
     for expected in (OK_BODY, b"again"):
         reply = await pool.request("POST", f"{base}/v1/chat/completions", [], b"{}")
@@ -1121,7 +1118,7 @@ async def test_an_http_upstream_is_asked_in_absolute_form_through_a_proxy(
     server = await recording(serve, ok(), ok(b"again"))
     proxy = await start_proxy(serve, required=BOB)
     base = f"http://127.0.0.1:{server.port}"
-    pool = proxied_pool(base, bobs_proxy(proxy))
+    pool = pool_at(base, proxy=bobs_proxy(proxy))
 
     for expected in (OK_BODY, b"again"):
         reply = await pool.request(
@@ -1152,7 +1149,11 @@ async def test_a_proxy_that_refuses_the_tunnel_means_nothing_was_sent(
     server = await serve(answering(ok()), server_side)
     proxy = await start_proxy(serve, required=BOB)
     base = f"https://127.0.0.1:{server.port}"
-    pool = proxied_pool(base, bobs_proxy(proxy, password="wrong-password"), trusting)
+    pool = pool_at(
+        base,
+        ssl_context=trusting,
+        proxy=bobs_proxy(proxy, password="wrong-password"),
+    )
 
     with pytest.raises(CannotConnect) as refused:
         await pool.request("POST", f"{base}/v1/chat/completions", [], b"{}")
@@ -1174,7 +1175,7 @@ async def test_an_untrusted_certificate_inside_a_tunnel_is_refused(
     server = await recording(serve, ok(), context=server_side)
     proxy = await start_proxy(serve)
     base = f"https://127.0.0.1:{server.port}"
-    pool = proxied_pool(base, ForwardProxy.from_url(f"http://127.0.0.1:{proxy.port}"))
+    pool = pool_at(base, proxy=ForwardProxy.from_url(f"http://127.0.0.1:{proxy.port}"))
 
     with pytest.raises(CannotConnect, match="CERTIFICATE_VERIFY_FAILED"):
         await pool.request("POST", f"{base}/v1/chat/completions", [], b"{}")
@@ -1189,9 +1190,9 @@ async def test_a_proxy_that_never_answers_connect_times_out(
     serve: Callable,
 ) -> None:
     silent = await serve(never_answering)
-    pool = proxied_pool(
+    pool = pool_at(
         "https://api.example.invalid",
-        ForwardProxy.from_url(f"http://127.0.0.1:{silent.port}"),
+        proxy=ForwardProxy.from_url(f"http://127.0.0.1:{silent.port}"),
         connect_timeout_s=0.3,
     )
 
@@ -1206,7 +1207,7 @@ async def test_a_proxy_that_is_not_there_cannot_connect(
 ) -> None:
     server = await serve(answering(ok()))
     base = f"http://127.0.0.1:{server.port}"
-    pool = proxied_pool(base, ForwardProxy.from_url("http://127.0.0.1:9"))
+    pool = pool_at(base, proxy=ForwardProxy.from_url("http://127.0.0.1:9"))
 
     with pytest.raises(CannotConnect, match=r"by way of proxy 127\.0\.0\.1:9:"):
         await pool.request("GET", f"http://127.0.0.1:{server.port}/v1/models", [])
