@@ -107,16 +107,13 @@ def json_error(
 def refused(method: str, path: str, exc: GatewayError) -> web.Response:
     """Log a refused request once and return its answer."""
     request_id = exc.request_id
-    if request_id is None:
-        log.info(
-            "%s %s refused: %s", method, path, exc.message,
-            extra={"status": exc.status, "code": exc.code},
-        )  # fmt: skip
-        return exc.response()
+    named = "" if request_id is None else f" (request {request_id})"
     log.info(
-        "%s %s refused: %s (request %s)", method, path, exc.message, request_id,
+        "%s %s refused: %s%s", method, path, exc.message, named,
         extra={"status": exc.status, "code": exc.code},
     )  # fmt: skip
+    if request_id is None:
+        return exc.response()
     # The header's name as tags.REQUEST_ID_HEADER spells it (tags imports us).
     return exc.response({"X-Request-Id": request_id})
 
