@@ -760,9 +760,18 @@ class PageDriver:
 
 @contextlib.asynccontextmanager
 async def open_page(
-    target: DashboardTarget, chromium: Path, *, screenshots: bool = False
+    target: DashboardTarget,
+    chromium: Path,
+    *,
+    screenshots: bool = False,
+    motion: bool = False,
 ) -> AsyncIterator[PageDriver]:
-    """Run the e2e script on *target*; with *screenshots*, also every layout."""
+    """
+    Run the e2e script on *target*; with *screenshots*, also every layout.
+
+    The page is shown with reduced motion, so that charts draw at once,
+    unless *motion* lets Chart.js animate as it does for most visitors.
+    """
     env = {
         **os.environ,
         "DASHBOARD_URL": target.url,
@@ -770,6 +779,7 @@ async def open_page(
         "ARTIFACTS_DIR": str(ARTIFACTS),
         "CHROMIUM": str(chromium),
         "SCREENSHOTS": "1" if screenshots else "0",
+        "MOTION": "1" if motion else "0",
     }
     if target.clock_start is not None:
         env["CLOCK_START"] = target.clock_start().isoformat()
@@ -1015,6 +1025,29 @@ async def test_page_shows_what_only_canned_answers_can(chromium, canned_target) 
     assert partial["lastRefresh"].startswith("Partly updated")
     assert not recovered["bannerVisible"]
     assert recovered["staleSections"] == []
+
+
+@pytest.mark.browser
+async def test_animated_charts_end_as_still_ones(chromium, canned_target) -> None:
+    """
+    With motion allowed, Chart.js animates every draw, colours included: the
+    page raises no error, and each chart ends as it is drawn without motion,
+    on loading and after a refresh.
+    """
+    async with open_page(canned_target, chromium) as page:
+        still = (await page.read("loaded"))["wide"]["charts"]
+    async with open_page(canned_target, chromium, motion=True) as page:
+        loaded = await page.read("loaded")
+        refreshed = await page.read_after("refresh", "refreshed")
+
+    assert loaded["pageErrors"] == []
+    assert refreshed["pageErrors"] == []
+    for report in (loaded["wide"], refreshed["report"]):
+        check_drawn(report)
+        for name, chart in report["charts"].items():
+            assert chart["painted"] == pytest.approx(
+                still[name]["painted"], rel=0.02
+            ), name
 
 
 def test_formatting_mirror_rounds_as_intl_does() -> None:

@@ -19,6 +19,7 @@
 // SCREENSHOTS=0 to skip the screenshots and narrow layouts after loading, and
 // CLOCK_START (an ISO time) to start the page's clock there, so that a
 // gateway running on a test clock and the page agree on what "today" is.
+// The page is shown with reduced motion (no chart animations) unless MOTION=1.
 
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
@@ -36,6 +37,7 @@ const artifacts = process.env.ARTIFACTS_DIR ?? "test-artifacts";
 const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const screenshots = process.env.SCREENSHOTS !== "0";
 const clockStart = process.env.CLOCK_START ?? "";
+const motion = process.env.MOTION === "1";
 const WAIT_MS = 20_000;
 
 function emit(event, data) {
@@ -70,7 +72,7 @@ async function run() {
   const context = await browser.newContext({
     viewport: { width: 1280, height: 900 },
     colorScheme: "light",
-    reducedMotion: "reduce",
+    reducedMotion: motion ? "no-preference" : "reduce",
   });
   if (clockStart) {
     // Time flows from there at its natural pace; timers fire as usual.
@@ -122,7 +124,7 @@ async function run() {
     const [name, argument] = command.split(/\s+/);
     if (name === "refresh") {
       await afterRefresh(page, () => page.click("#refresh-now"));
-      emit("refreshed", { report: await inspect(page) });
+      emit("refreshed", { report: await inspect(page), pageErrors: [...pageErrors] });
     } else if (name === "next") {
       // The first refresh to land may have started before this command; the
       // second started after the first landed.
@@ -238,13 +240,13 @@ async function waitForCharts(page) {
 }
 
 // Two animation frames: enough for Chart.js to draw after a resize or a
-// scheme change (animations are off under reduced motion).
+// scheme change under reduced motion; with motion, also its 250 ms animations.
 async function settle(page) {
   await page.evaluate(
     () =>
       new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(() => resolve()))),
   );
-  await page.waitForTimeout(150);
+  await page.waitForTimeout(motion ? 600 : 150);
 }
 
 async function shoot(page, name) {

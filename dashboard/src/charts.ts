@@ -206,7 +206,14 @@ export class Charts {
 
   constructor(canvases: ChartCanvases) {
     Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
-    Chart.defaults.animation = prefersReducedMotion() ? false : { duration: 250 };
+    // Set the duration in place: Chart.js reads which options an animation
+    // has from the keys of this object, so a new object without `type` and
+    // `easing` would leave colours with no interpolator (a TypeError per frame).
+    if (prefersReducedMotion()) {
+      Chart.defaults.animation = false;
+    } else if (Chart.defaults.animation) {
+      Chart.defaults.animation.duration = 250;
+    }
     Chart.defaults.maintainAspectRatio = false;
     this.models = new Chart(
       canvases.models,
