@@ -46,7 +46,7 @@ from gateway.keys import (
 )
 from gateway.limits import Limit, configured_limits, level, spent_ratio, window_bounds
 from gateway.metrics import Metrics
-from gateway.record import UsageRecord
+from gateway.record import UNTAGGED, UsageRecord
 from gateway.report import Language, format_usd, render_alert
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,14 @@ MAX_PENDING = 100_000
 # Longest the first read may hold up startup.
 FIRST_READ_TIMEOUT_S = 3.0
 
-READ_SPENT = """
-SELECT day, purpose, sum(cost_usd) AS cost_usd
+# Untagged calls are under '' in the rollup, and a purpose limit names them
+# "untagged", as the statistics do.
+READ_SPENT = f"""
+SELECT day, coalesce(nullif(purpose, ''), '{UNTAGGED}') AS purpose,
+    sum(cost_usd) AS cost_usd
 FROM llm_usage_daily
 WHERE day >= $1 AND day < $2
-GROUP BY day, purpose
+GROUP BY 1, 2
 """
 # A row's identity is its request id and timestamp (a client may reuse ids).
 READ_STORED_KEYS = """
@@ -162,7 +165,7 @@ class BudgetWatcher:
     def admit(self, tags: dict[str, str | None]) -> None:
         """Refuse (BudgetExceeded) a call whose scope is over an enforced limit."""
         now = self.clock()
-        purpose = tags.get("purpose") or ""
+        purpose = tags.get("purpose") or UNTAGGED
         for limit in self.limits:
             if not covers(limit, purpose):
                 continue
@@ -180,7 +183,7 @@ class BudgetWatcher:
         cost = record.total_cost_usd
         if not cost:
             return
-        purpose = record.purpose or ""
+        purpose = record.purpose or UNTAGGED
         if len(self._pending) >= MAX_PENDING:
             self._pending.pop(next(iter(self._pending)))
         self._pending[(record.request_id, record.timestamp)] = Pending(

@@ -25,7 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.record import UsageRecord
+from gateway.record import UNTAGGED, UsageRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_LABEL_VALUES = 200
@@ -119,7 +119,7 @@ class Metrics(Collector):
     def count_call(self, record: UsageRecord) -> None:
         """Count one finished call: request, tokens and cost."""
         model = self.models(record.model)
-        purpose = self.purposes(record.purpose or "untagged")
+        purpose = self.purposes(record.purpose or UNTAGGED)
         self.requests[
             (record.upstream, model, record.endpoint, status_class(record.status))
         ] += 1

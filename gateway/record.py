@@ -16,6 +16,10 @@ from typing import Any
 
 import orjson
 
+# Calls without a purpose are counted under this name, by the statistics, the
+# metrics and the budgets; a call tagged with the name itself is counted the same.
+UNTAGGED = "untagged"
+
 
 def new_request_id() -> str:
     # 128 random bits, as a uuid4 has, without building a UUID object per call.

@@ -25,13 +25,10 @@ import asyncpg
 
 from gateway.config import BudgetSettings
 from gateway.limits import configured_limits, level, spent_ratio, window_bounds
+from gateway.record import UNTAGGED
 
 PeriodName = Literal["today", "session", "week", "month", "all"]
 PERIODS: tuple[PeriodName, ...] = ("today", "session", "week", "month", "all")
-
-# Calls without a purpose are counted under this name, and a filter by it
-# selects them. A call tagged with the name itself is counted the same way.
-UNTAGGED = "untagged"
 
 # The cycles view walks the newest calls to find the latest cycles; this
 # bounds the walk however the calls are spread over cycles.

@@ -191,6 +191,37 @@ async def test_a_purpose_limit_refuses_only_its_purpose(
     admit(app, None)
 
 
+async def test_an_untagged_limit_counts_calls_without_a_purpose(
+    start_gateway: Any, db_pool: asyncpg.Pool
+) -> None:
+    """The statistics count calls without a purpose, or tagged so, as "untagged"."""
+    client = await start_gateway(
+        budgets={
+            "daily_usd": "100",
+            "enforce": True,
+            "purposes": {"untagged": {"daily_usd": "1"}},
+        }
+    )
+    app = client.server.app
+    watcher = watcher_of(client)
+    limit = Limit("purpose:untagged", "day", Decimal(1))
+    await write_batch(
+        db_pool, [spend("0.3"), spend("0.2", "untagged"), spend("5", "news")]
+    )
+    await watcher.refresh()
+    stored = watcher.state(limit, NOW).spent_usd
+    admit(app, None)
+
+    watcher.observe(spend("0.5", ""))
+
+    assert stored == Decimal("0.5")
+    assert watcher.state(limit, NOW).spent_usd == Decimal("1.0")
+    for purpose in (None, "untagged"):
+        with pytest.raises(BudgetExceeded, match="daily:untagged"):
+            admit(app, purpose)
+    admit(app, "news")
+
+
 async def test_limits_that_are_not_enforced_refuse_nothing(
     start_gateway: Any, db_pool: asyncpg.Pool
 ) -> None:
