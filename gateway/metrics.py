@@ -4,8 +4,8 @@ Every metric the gateway exports, declared once.
 The hot path only adds to plain dicts (the event loop is one thread, so no
 lock is needed); a custom collector turns them into Prometheus families when
 ``/metrics`` is scraped. Label sets stay small: no ticker, cycle or request
-labels, and at most ``MAX_LABEL_VALUES`` models or purposes before the rest are
-counted as ``"other"``.
+labels, and at most ``MAX_LABEL_VALUES`` upstreams, models or purposes before
+the rest are counted as ``"other"`` (an ingested call may name any of them).
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class Metrics(Collector):
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        self.upstreams = LabelLimiter()
         self.models = LabelLimiter()
         self.purposes = LabelLimiter()
         self.requests: defaultdict[tuple[str, str, str, str], int] = defaultdict(int)
@@ -118,10 +119,11 @@ class Metrics(Collector):
 
     def count_call(self, record: UsageRecord) -> None:
         """Count one finished call: request, tokens and cost."""
+        upstream = self.upstreams(record.upstream)
         model = self.models(record.model)
         purpose = self.purposes(record.purpose or UNTAGGED)
         self.requests[
-            (record.upstream, model, record.endpoint, status_class(record.status))
+            (upstream, model, record.endpoint, status_class(record.status))
         ] += 1
         if record.input_tokens:
             self.tokens[("input", model, purpose)] += record.input_tokens

@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.keys import RECORDER
-from gateway.metrics import CONTENT_TYPE
+from gateway.metrics import CONTENT_TYPE, MAX_LABEL_VALUES, OTHER, Metrics
+from gateway.record import UsageRecord
 from tests.fake_upstream import FakeUpstream
 
 NOW = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
@@ -173,3 +174,28 @@ async def test_metrics_carry_no_ticker_cycle_or_request_labels(
     }
     assert names.isdisjoint({"ticker", "cycle_id", "cycle", "request_id"})
     assert values.isdisjoint({"AAPL", "MSFT", "c1", "c9"})
+
+
+def test_labels_from_any_client_stay_bounded() -> None:
+    """Ingested calls name any upstream, model and purpose they like."""
+    metrics = Metrics()
+    for n in range(MAX_LABEL_VALUES + 50):
+        metrics.count_call(
+            UsageRecord(
+                request_id=f"r{n}",
+                timestamp=NOW,
+                model=f"model-{n}",
+                upstream=f"upstream-{n}",
+                endpoint="ingest",
+                purpose=f"purpose-{n}",
+                input_tokens=1,
+                total_cost_usd=Decimal(1),
+            )
+        )
+
+    families = text_string_to_metric_families(metrics.render().decode())
+    samples = [s for f in families for s in f.samples]
+    for label in ("upstream", "model", "purpose"):
+        values = {s.labels[label] for s in samples if label in s.labels}
+        assert len(values) == MAX_LABEL_VALUES + 1, label
+        assert OTHER in values, label
