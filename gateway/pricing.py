@@ -64,7 +64,7 @@ _DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 # Tiers at the standard rates by definition: "auto" is only ever asked for.
 STANDARD_TIERS = frozenset({"default", "auto"})
 
-# Counts are capped at MAX_TOKENS (13 digits) and prices have a handful of
+# Counts are capped at MAX_TOKENS (10 digits) and prices have a handful of
 # digits, so 40 digits hold every product exactly.
 _CONTEXT = Context(prec=40, rounding=ROUND_HALF_EVEN)
 _ZERO = Decimal(0)

@@ -25,9 +25,10 @@ from typing import Any
 
 import orjson
 
-# A count above this is garbage, not a call; it also keeps every cost well
-# inside the numeric(20,12) column.
-MAX_TOKENS = 10**12
+# A count above this is garbage, not a call (no model reads a billion tokens
+# at once). Two of them still sum to less than 2**31, so every count, and the
+# total, fits the rows' integer columns; every cost fits numeric(20,12).
+MAX_TOKENS = 10**9
 
 # Longest model name taken from a body; anything longer is not a model name.
 MAX_MODEL_CHARS = 256

@@ -11,7 +11,7 @@ import pytest
 from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.keys import PRICES, RECORDER
-from gateway.usage import Usage
+from gateway.usage import MAX_TOKENS, Usage
 from tests.pg_server import ThrowawayServer
 from tests.test_recorder import wait_until
 
@@ -125,6 +125,28 @@ async def test_a_call_is_priced_at_the_tier_it_names(
     assert scale["service_tier"] == "scale"
 
 
+async def test_the_largest_counts_taken_are_stored(
+    client: Any, db_pool: asyncpg.Pool
+) -> None:
+    """The token columns are integers: every count taken, and their sum, fit them."""
+    body = {
+        "model": "house-model",
+        "input_tokens": MAX_TOKENS,
+        "cached_input_tokens": MAX_TOKENS,
+        "output_tokens": MAX_TOKENS,
+        "reasoning_tokens": MAX_TOKENS,
+    }
+
+    resp = await client.post("/api/usage", json=body)
+
+    assert resp.status == 201
+    answer = await resp.json()
+    [row] = await stored(db_pool)
+    assert answer["id"] == row["id"]
+    assert row["total_tokens"] == 2 * MAX_TOKENS
+    assert row["total_cost_usd"] == Decimal(MAX_TOKENS) * Decimal("4.25") / 10**6
+
+
 async def test_an_unknown_model_is_stored_without_a_cost(
     client: Any, db_pool: asyncpg.Pool
 ) -> None:
@@ -223,6 +245,7 @@ BAD_BODIES = [
     ({**GOOD, "input_tokens": True}, "input_tokens"),
     ({**GOOD, "input_tokens": "10"}, "input_tokens"),
     ({**GOOD, "output_tokens": 10**13}, "output_tokens"),
+    ({**GOOD, "input_tokens": 3_000_000_000}, "input_tokens"),
     ({**GOOD, "cached_input_tokens": 11}, "cached_input_tokens"),
     ({**GOOD, "reasoning_tokens": 6}, "reasoning_tokens"),
     ({**GOOD, "purpose": "x" * 129}, "purpose"),
