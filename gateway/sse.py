@@ -31,7 +31,10 @@ Where usage sits:
   sends it on an extra chunk with ``"choices": []`` just before ``[DONE]``;
   DeepSeek puts it on the chunk that carries ``finish_reason``.
 - Responses API: ``response.usage`` of ``response.completed``,
-  ``response.incomplete`` or ``response.failed``.
+  ``response.incomplete`` or ``response.failed``. That event repeats the whole
+  output, a generated image's base64 included, so it may pass the cap on an
+  event's size: then its usage is read from a window at its end, where the
+  response's usage and tier are, and its type from its first bytes.
 
 The event that carries the usage also names the service tier that served the
 call (OpenAI's ``service_tier``), which prices it; it is read from the same
@@ -45,6 +48,7 @@ it would have received without the gateway. Nothing else is ever changed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 
@@ -63,6 +67,10 @@ log = logging.getLogger(__name__)
 # An event longer than this is passed through unscanned, so a stream that never
 # sends a blank line cannot make the gateway hold an unbounded buffer.
 MAX_EVENT_BYTES = 1 << 20
+# Of a Responses event past the cap, the first bytes (its event line and type)
+# and a window at its end (the response's last keys: tier, usage) are kept.
+_HEAD_BYTES = 4096
+FINAL_WINDOW_BYTES = 256 * 1024
 
 _FINAL_TYPES = frozenset(
     {"response.completed", "response.incomplete", "response.failed"}
@@ -94,6 +102,7 @@ class StreamScanner:
     __slots__ = (
         "_broken",
         "_closed",
+        "_head",
         "_oversized",
         "_tail",
         "chunks_seen",
@@ -126,8 +135,10 @@ class StreamScanner:
         # With hide_usage_chunk they are not relayed yet, unless _oversized.
         self._tail = bytearray()
         # The current event passed MAX_EVENT_BYTES: it is relayed as it comes,
-        # not scanned, and _tail keeps only its last two bytes.
+        # not scanned, and _tail keeps only its last two bytes (of a Responses
+        # event, its last FINAL_WINDOW_BYTES, and _head its first bytes).
         self._oversized = False
+        self._head = b""
         self._broken = False
         self._closed = False
 
@@ -170,7 +181,14 @@ class StreamScanner:
             return b""
         self._closed = True
         tail, self._tail = self._tail, bytearray()
-        if self._broken or self._oversized or not tail:
+        if self._broken or not tail:
+            return b""
+        if self._oversized:
+            if self.responses_api:
+                try:
+                    self._take_final_window(tail, 0, len(tail))
+                except Exception:
+                    log.exception("stream scanner failed on the last event")
             return b""
         try:
             dropped = self._scan(tail, 0, len(tail))
@@ -213,6 +231,8 @@ class StreamScanner:
         for end in _event_ends(buf, max(start, pos)):
             if self._oversized:
                 self._oversized = False
+                if self.responses_api:
+                    self._take_final_window(buf, max(0, end - FINAL_WINDOW_BYTES), end)
             elif self._scan(buf, pos, end) and self.hide_usage_chunk:
                 kept.append(buf[relayed_to:pos])
                 relayed_to = end
@@ -223,8 +243,11 @@ class StreamScanner:
             if not self._oversized:
                 log.debug("stream event over %d bytes, not scanned", MAX_EVENT_BYTES)
                 self._oversized = True
+                if self.responses_api:
+                    self._head = bytes(buf[pos : pos + _HEAD_BYTES])
             hold_from = len(buf)
-            keep_from = max(0, len(buf) - 2)
+            window = FINAL_WINDOW_BYTES if self.responses_api else 2
+            keep_from = max(0, len(buf) - window)
         else:
             hold_from = keep_from = pos
 
@@ -443,6 +466,40 @@ class StreamScanner:
         if self.model is None:
             self.model = model_name(response.get("model"))
 
+    def _take_final_window(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        """
+        Read a Responses event past the cap from its head and the window
+        ``buf[start:end]`` at its end: if it is a final ``response.*`` event,
+        the last usage object there is the response's, as is the last tier.
+        """
+        head, self._head = self._head, b""
+        window = bytes(buf[start:end])
+        if not _is_data_event(head, 0, len(head)):
+            return
+        self.chunks_seen += 1
+        if not any(t in head or t in window for t in _FINAL_TOKENS):
+            return
+        self.finished = True
+        if self.model is None:
+            self.model = _string_after_key(head, _MODEL_KEY, 0, len(head))
+        found = _find_last_usage_object(window)
+        if found == -1:
+            return
+        text = window[window.index(b"{", found) :].decode("utf-8", "replace")
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(text)
+        except ValueError:
+            return
+        usage = usage_from_object(obj)
+        if usage is not None:
+            self.usage = usage
+        tier = window.rfind(b'"service_tier"')
+        self.service_tier = (
+            None
+            if tier == -1
+            else _string_after_key(window, b'"service_tier"', tier, len(window))
+        )
+
 
 def _event_ends(buf: bytes | bytearray, start: int) -> Iterator[int]:
     """
@@ -557,6 +614,19 @@ def _find_usage_object(buf: bytes | bytearray, start: int, end: int) -> int:
         if j < end and buf[j] == _BRACE:
             return i
         i = buf.find(_USAGE_KEY, j, end)
+    return -1
+
+
+def _find_last_usage_object(buf: bytes) -> int:
+    """Return where the last ``"usage"`` key with an object value is, or -1."""
+    i = buf.rfind(_USAGE_KEY)
+    while i != -1:
+        j = i + 7
+        while j < len(buf) and buf[j] in _KEY_GAP:
+            j += 1
+        if j < len(buf) and buf[j] == _BRACE:
+            return i
+        i = buf.rfind(_USAGE_KEY, 0, i)
     return -1
 
 

@@ -347,6 +347,84 @@ def test_a_usage_event_past_the_cap_is_not_scanned() -> None:
     assert scanner.usage is None
 
 
+def with_image_in_final_event(body: bytes, image_bytes: int) -> bytes:
+    """The recorded Responses stream, its completed event carrying an image."""
+    head, marker, rest = body.rpartition(b'"output":[')
+    assert b"response.completed" in head[head.rfind(b"\n\n") :]
+    item = orjson.dumps(
+        {
+            "id": "ig_1",
+            "type": "image_generation_call",
+            "status": "completed",
+            "result": "QUJD" * (image_bytes // 4),
+        }
+    )
+    return head + marker + item + b"," + rest
+
+
+@pytest.mark.parametrize("read_size", [None, 64 * 1024, 1_000_003])
+def test_a_final_response_event_past_the_cap_still_gives_its_usage(
+    read_size: int | None,
+) -> None:
+    """
+    The completed event repeats the whole output, a generated image's base64
+    included: however large, its usage and tier are read, from a window
+    at its end, and it is relayed as it came.
+    """
+    name = "openai_responses_stream_1.sse"
+    body = with_image_in_final_event(recorded(name), 3 * MAX_EVENT_BYTES)
+    reads = (
+        [body]
+        if read_size is None
+        else split_at(body, list(range(0, len(body), read_size)))
+    )
+    scanner = scanner_for(name)
+    held = []
+
+    relayed = b""
+    for read in reads:
+        relayed += scanner.feed(read)
+        held.append(len(scanner._tail))
+    relayed += scanner.close()
+
+    assert relayed == body
+    assert (scanner.usage, scanner.model, scanner.chunks_seen) == STREAMS[name]
+    assert scanner.service_tier == TIERS[name]
+    assert scanner.finished
+    assert max(held) <= MAX_EVENT_BYTES + (read_size or len(body))
+
+
+def test_a_final_response_event_past_the_cap_without_an_end_is_read_at_close() -> None:
+    name = "openai_responses_stream_1.sse"
+    body = with_image_in_final_event(recorded(name), 2 * MAX_EVENT_BYTES)
+    cut = body.rfind(b"response.completed")
+    body = body[: body.find(b"\n\n", cut)]
+    scanner = scanner_for(name)
+
+    relayed = relay(scanner, split_at(body, list(range(0, len(body), 300_000))))
+
+    assert relayed == body
+    assert scanner.usage == STREAMS[name][0]
+    assert scanner.finished
+
+
+def test_a_large_event_that_is_not_final_gives_no_usage() -> None:
+    """Only the final response.* events carry the call's usage."""
+    event = {
+        "type": "response.output_item.done",
+        "item": {"result": "QUJD" * MAX_EVENT_BYTES},
+        "usage": {"input_tokens": 4, "output_tokens": 1},
+    }
+    scanner = StreamScanner(responses_api=True)
+    body = b"data: " + orjson.dumps(event) + b"\n\n"
+
+    relayed = relay(scanner, split_at(body, list(range(0, len(body), 65536))))
+
+    assert relayed == body
+    assert scanner.usage is None
+    assert not scanner.finished
+
+
 def test_feed_after_close_passes_through() -> None:
     scanner = StreamScanner(hide_usage_chunk=True)
     scanner.close()
