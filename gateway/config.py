@@ -129,7 +129,11 @@ class UpstreamSettings(Section):
     provider: str | None = Field(
         None, description="Price catalog provider id; the upstream name if unset."
     )
-    timeout_s: float = Field(600.0, gt=0, description="Whole upstream call.")
+    timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Wait for the answer's head; then longest silence mid-answer.",
+    )
     connect_timeout_s: float = Field(10.0, gt=0, description="TCP and TLS connect.")
     max_connections: int = Field(
         256, ge=1, description="Pooled keep-alive connections to this upstream."

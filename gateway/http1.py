@@ -4,7 +4,8 @@ The HTTP/1.1 client the proxy talks to its upstreams with.
 It does what a relay needs and no more: one keep-alive pool per upstream, a
 request written in one send, the answer's head parsed once, its body handed
 on as it arrives (``Content-Length``, chunked, or until the upstream closes),
-a connect timeout and a whole-call deadline, and errors that say whether the
+a connect timeout, a deadline for the answer's head and a limit on the
+upstream's silence while its body comes, and errors that say whether the
 request ever left. Bytes are never decoded or decompressed.
 
 Through an HTTP proxy (``ForwardProxy``), an https upstream is reached by a tunnel
@@ -25,7 +26,8 @@ Errors, all ``ClientError``:
     ├── Disconnected          the upstream closed the connection mid-answer
     ├── BadResponse           not an HTTP/1.x answer that can be relayed
     ├── InvalidRequestHeader  a header that cannot be sent (a line break)
-    └── ResponseTimeout       the whole call ran past its deadline (TimeoutError)
+    └── ResponseTimeout       no head by the deadline, or silent that long
+                              mid-body (TimeoutError)
 """
 
 from __future__ import annotations
@@ -356,6 +358,8 @@ class Connection(asyncio.Protocol):
         self.reply: Reply | None = None
         self.head_request = False
         self.deadline: asyncio.TimerHandle | None = None
+        # When the upstream last sent a byte (or was last let send again).
+        self.heard = 0.0
         self.framing = NO_BODY
         self.remaining = 0
         self.chunk_state = SIZE_LINE
@@ -367,6 +371,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.heard = self.loop.time()
         if self.head_waiter is None and (self.reply is None or self.reply._done):
             # Bytes nobody asked for: the connection is not in a known state.
             self.keep_alive = False
@@ -583,8 +588,21 @@ class Connection(asyncio.Protocol):
             self.abort()
 
     def expire(self) -> None:
+        # Once the head is in, the limit is on silence, as the openai client's
+        # read timeout is: a stream that keeps talking runs as long as it
+        # talks, and while the reader holds it paused the clock waits too.
+        limit = self.pool.timeout_s
+        if self.head_waiter is None and self.reply is not None:
+            now = self.loop.time()
+            due = (now if self.paused else self.heard) + limit
+            if due > now:
+                self.deadline = self.loop.call_at(due, self.expire)
+                return
+            self.deadline = None
+            self.fail(ResponseTimeout(f"the upstream went silent for {limit:g} s"))
+            return
         self.deadline = None
-        self.fail(ResponseTimeout("the upstream did not answer in time"))
+        self.fail(ResponseTimeout(f"the upstream did not answer in {limit:g} s"))
 
     def stop_deadline(self) -> None:
         if self.deadline is not None:
@@ -601,6 +619,7 @@ class Connection(asyncio.Protocol):
     def resume(self) -> None:
         if self.paused and self.transport is not None and not self.closed:
             self.paused = False
+            self.heard = self.loop.time()
             self.transport.resume_reading()
 
     def release(self, *, reusable: bool) -> None:

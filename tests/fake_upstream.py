@@ -76,6 +76,8 @@ class Fault:
     raw_events: list[bytes] | None = None
     # Answer 200 with an event stream that repeats these bytes until cut.
     endless: bytes | None = None
+    # Seconds between the endless stream's writes.
+    endless_every_s: float = 0.0
 
 
 class FakeUpstream:
@@ -132,9 +134,9 @@ class FakeUpstream:
         """Answer the next request with *events* as they are, whatever it asked."""
         self.faults.append(Fault(raw_events=events))
 
-    def stream_endlessly_next(self, piece: bytes) -> None:
+    def stream_endlessly_next(self, piece: bytes, every_s: float = 0.0) -> None:
         """Answer the next request with *piece* repeated until the reader leaves."""
-        self.faults.append(Fault(endless=piece))
+        self.faults.append(Fault(endless=piece, endless_every_s=every_s))
 
     @property
     def words(self) -> list[str]:
@@ -165,7 +167,9 @@ class FakeUpstream:
         if fault.raw_events is not None:
             return await self.stream(request, fault.raw_events, fault, raw=True)
         if fault.endless is not None:
-            return await self.stream_endlessly(request, fault.endless)
+            return await self.stream_endlessly(
+                request, fault.endless, fault.endless_every_s
+            )
 
         payload: dict[str, Any] = {}
         if body:
@@ -533,7 +537,7 @@ class FakeUpstream:
         await response.write_eof()
 
     async def stream_endlessly(
-        self, request: web.Request, piece: bytes
+        self, request: web.Request, piece: bytes, every_s: float
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream; charset=utf-8"}
@@ -544,6 +548,8 @@ class FakeUpstream:
             while True:
                 await response.write(piece)
                 self.events_written += 1
+                if every_s:
+                    await asyncio.sleep(every_s)
         # The reader left: that is how an endless stream ends.
         except ConnectionResetError:
             return response

@@ -723,7 +723,7 @@ async def test_a_connect_past_its_deadline_is_a_connect_timeout(
     assert pool.open_count == 0
 
 
-async def test_an_upstream_that_never_answers_times_out_whole(serve: Callable) -> None:
+async def test_an_upstream_that_never_answers_times_out(serve: Callable) -> None:
     server = await serve(never_answering)
     pool = pool_for(server, timeout_s=0.2)
 
@@ -731,7 +731,59 @@ async def test_an_upstream_that_never_answers_times_out_whole(serve: Callable) -
         await pool.request("POST", url(server), [], b"{}")
 
 
-async def test_a_stream_that_stalls_times_out_whole(serve: Callable) -> None:
+async def test_a_stream_that_keeps_talking_outlives_the_timeout(
+    serve: Callable,
+) -> None:
+    """The limit is on the upstream's silence, as the openai client's is."""
+
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for n in range(6):
+            await asyncio.sleep(0.1)
+            writer.write(b"1\r\n%d\r\n" % n)
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await reader.read()
+
+    server = await serve(handle)
+    pool = pool_for(server, timeout_s=0.25)
+
+    reply = await pool.request("POST", url(server), [], b"{}")
+    body = await reply.read()
+    reply.release()
+
+    assert body == b"012345"
+
+
+async def test_a_reader_that_pauses_the_upstream_is_not_its_silence(
+    serve: Callable,
+) -> None:
+    big = b"x" * (300 * 1024)
+
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (3 * len(big)))
+        writer.write(big * 3)
+        await writer.drain()
+        await reader.read()
+
+    server = await serve(handle)
+    pool = pool_for(server, timeout_s=0.2)
+
+    reply = await pool.request("POST", url(server), [], b"{}")
+    await asyncio.sleep(0.5)
+    body = await reply.read()
+    reply.release()
+
+    assert body == big * 3
+
+
+async def test_a_stream_silent_past_the_timeout_times_out(serve: Callable) -> None:
     async def handle(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
