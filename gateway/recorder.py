@@ -235,12 +235,15 @@ class Spool:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.rejected = directory / "rejected.jsonl"
-        # Segment number -> lines in it, torn ones included.
-        self.counts: dict[int, int] = {
-            int(p.stem): count_lines(p)
-            for p in directory.glob("*.jsonl")
-            if p.stem.isdigit()
-        }
+        # Segment number -> lines in it, torn ones included. Empty segments
+        # (a process that could open one but not write to it) are removed.
+        self.counts: dict[int, int] = {}
+        for path in directory.glob("*.jsonl"):
+            if path.stem.isdigit():
+                if lines := count_lines(path):
+                    self.counts[int(path.stem)] = lines
+                else:
+                    path.unlink(missing_ok=True)
         self.depth = sum(self.counts.values())
         self.next_number = max(self.counts, default=0) + 1
         self.current: int | None = None
@@ -265,8 +268,15 @@ class Spool:
         except OSError:
             # Part of the data may be on disk, ending in a torn line: close the
             # segment so that nothing follows it. The caller keeps the records,
-            # so the part written is replayed twice, which stores it once.
+            # so the part written is replayed twice, which stores it once. A
+            # segment that took nothing goes: a full disk would otherwise
+            # leave an empty one per try.
+            number = self.current
             self.rotate()
+            if not self.counts.get(number, 0):
+                self.forget(number)
+                with contextlib.suppress(OSError):
+                    self.path(number).unlink(missing_ok=True)
             raise
         self.counts[self.current] += len(records)
         self.depth += len(records)
@@ -310,7 +320,11 @@ class Spool:
 
     def remove(self, number: int) -> None:
         self.path(number).unlink(missing_ok=True)
-        self.depth -= self.counts.pop(number)
+        self.forget(number)
+
+    def forget(self, number: int) -> None:
+        """Stop counting segment *number*, whatever became of its file."""
+        self.depth -= self.counts.pop(number, 0)
 
     def reject(self, records: list[UsageRecord]) -> None:
         with open(self.rejected, "ab") as f:
@@ -331,9 +345,11 @@ def read_segment(path: Path) -> list[UsageRecord]:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            # Any failure: a torn line, or one edited into nonsense (a cost of
+            # "abc", a year past 9999) must cost that line only, not the spool.
             try:
                 records.append(UsageRecord.from_json(line))
-            except (ValueError, TypeError, KeyError):
+            except Exception:
                 log.warning("spool %s line %d unreadable, skipped", path.name, number)
     return records
 
@@ -429,6 +445,13 @@ class Recorder:
             self.spool.rotate()
             await self._sync_spool()
             await self._release_connection()
+        if self._held:
+            log.error(
+                "stopped with %d records neither stored nor spooled (the database"
+                " was away and %s refused them): they are lost",
+                len(self._held),
+                self.spool.directory,
+            )
         if self.spool.depth:
             log.warning(
                 "stopped with %d records in the spool; replayed at next start",
@@ -639,7 +662,16 @@ class Recorder:
             except Exception as exc:
                 self._mark_down(exc)
                 return
-        records = await asyncio.to_thread(read_segment, self.spool.path(number))
+        path = self.spool.path(number)
+        try:
+            records = await asyncio.to_thread(read_segment, path)
+        except OSError as exc:
+            # Gone (removed by hand, or by another gateway sharing this data
+            # directory) or unreadable: passed over so the rest still replays.
+            log.error("spool segment %s cannot be read (%s); passed over", path, exc)
+            self.spool.forget(number)
+            self._wakeup.set()
+            return
         try:
             for start in range(0, len(records), self.settings.batch_size):
                 await self._write(records[start : start + self.settings.batch_size])
@@ -649,7 +681,12 @@ class Recorder:
             self._mark_down(exc)
             return
         # Written, idempotently: a crash before this line replays it again.
-        self.spool.remove(number)
+        try:
+            self.spool.remove(number)
+        except OSError as exc:
+            # Stored all the same: the next start replays it, stored once.
+            log.error("spool segment %s cannot be removed (%s)", path, exc)
+            self.spool.forget(number)
         self.metrics.rows_replayed += len(records)
         self._mark_up()
         if self.spool.depth:

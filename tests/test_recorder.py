@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 
 from gateway import recorder as recorder_module
@@ -112,11 +114,12 @@ def tear_last_line(segment: Path) -> None:
 async def spool_records(dsn: str, spool_dir: Path, records: list[UsageRecord]) -> None:
     """Leave *records* in *spool_dir*, as a gateway whose database was away."""
     offline = Recorder(await closed_pool(dsn), fast_retries(), spool_dir)
+    before = offline.spool_depth
     await offline.start()
     for record in records:
         offline.submit(record)
     await offline.close()
-    assert offline.spool_depth == len(records)
+    assert offline.spool_depth == before + len(records)
 
 
 async def test_rows_and_rollup_agree_after_thousands_of_records(
@@ -353,6 +356,56 @@ async def test_a_torn_last_spool_line_is_skipped_and_the_rest_replayed(
     await assert_rollup_matches_rows(db_pool)
 
 
+async def test_spool_lines_edited_into_nonsense_cost_only_themselves(
+    db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    """A cost that is not a number, a time past year 9999: skipped, not stuck."""
+    records = [make_record(i) for i in range(30)]
+    await spool_records(database_url, tmp_path, records)
+    (segment,) = segments(tmp_path)
+    lines = segment.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"input_cost_usd":"', b'"input_cost_usd":"abc', 1)
+    stamp = orjson.loads(lines[2])["timestamp"].encode()
+    lines[2] = lines[2].replace(stamp, b"9999-12-31T23:59:59-01:00")
+    segment.write_bytes(b"".join(lines))
+    newer = [make_record(i) for i in range(30, 40)]
+    await spool_records(database_url, tmp_path, newer)
+
+    online = Recorder(db_pool, fast_retries(), tmp_path)
+    await online.start()
+    await wait_until(lambda: online.spool_depth == 0, "the spool to empty")
+    await online.close()
+
+    stored = {
+        r["request_id"] for r in await db_pool.fetch("SELECT request_id FROM llm_usage")
+    }
+    assert stored == {r.request_id for r in records + newer} - {
+        records[1].request_id,
+        records[2].request_id,
+    }
+    assert segments(tmp_path) == []
+
+
+async def test_a_segment_gone_before_its_replay_is_passed_over(
+    db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    """Removed by hand, or by another gateway given the same data directory."""
+    first = [make_record(i) for i in range(20)]
+    second = [make_record(i) for i in range(20, 35)]
+    await spool_records(database_url, tmp_path, first)
+    await spool_records(database_url, tmp_path, second)
+    online = Recorder(db_pool, fast_retries(), tmp_path)
+    assert online.spool_depth == 35
+    segments(tmp_path)[0].unlink()
+
+    await online.start()
+    await wait_until(lambda: online.spool_depth == 0, "the spool to empty")
+    await online.close()
+
+    assert await db_pool.fetchval("SELECT count(*) FROM llm_usage") == 15
+    assert segments(tmp_path) == []
+
+
 async def test_a_crash_between_write_and_unlink_stores_the_segment_once(
     db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
 ) -> None:
@@ -530,6 +583,35 @@ def test_the_spool_counts_what_an_earlier_process_left(tmp_path: Path) -> None:
     assert second.depth == 2
     second.append([make_record(7)])
     assert second.current == 3
+
+
+def test_a_segment_the_disk_took_nothing_into_is_removed(tmp_path: Path) -> None:
+    """As on a full disk: the file opens, the write fails."""
+    spool = Spool(tmp_path)
+    spool.append([make_record(0)])
+    spool.rotate()
+    spool._open()
+    opened = spool.path(spool.current)
+    os.close(spool._fd)
+    spool._fd = os.open(opened, os.O_RDONLY)
+
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        spool.append([make_record(1)])
+
+    assert not opened.exists()
+    assert segments(tmp_path) == [spool.path(1)]
+    assert (spool.depth, spool.oldest_closed()) == (1, 1)
+    assert Spool(tmp_path).depth == 1
+
+
+def test_empty_segments_an_earlier_process_left_are_removed(tmp_path: Path) -> None:
+    Spool(tmp_path).append([make_record(0)])
+    (tmp_path / "000000000002.jsonl").write_bytes(b"")
+
+    spool = Spool(tmp_path)
+
+    assert segments(tmp_path) == [spool.path(1)]
+    assert spool.counts == {1: 1}
 
 
 async def test_records_the_disk_refuses_stay_in_memory_until_it_takes_them(
