@@ -61,10 +61,25 @@ def quiet_malformed_requests(record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
     if isinstance(error, HttpProcessingError):
         record.levelno, record.levelname = logging.INFO, "INFO"
-        first_line = str(error.message).strip().splitlines()[0] if error.message else ""
-        record.msg, record.args = "malformed request refused: %s", (first_line,)
+        record.msg, record.args = "malformed request refused: %s", (what_failed(error),)
         record.exc_info = record.exc_text = None
     return True
+
+
+def what_failed(error: Exception) -> str:
+    """
+    The kind of parse error, without the bytes aiohttp quotes: those may be an
+    Authorization header or a key in a query string.
+    """
+    text = str(getattr(error, "message", "") or "").strip()
+    first_line = text.splitlines()[0] if text else ""
+    quoted = min((i for i in map(first_line.find, ("'", '"')) if i != -1), default=-1)
+    if quoted != -1:
+        first_line = first_line[:quoted].removesuffix("b")
+    first_line = first_line.rstrip(" :")
+    return (
+        f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+    )
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # Any constant will do, as long as every replica uses the same one.
 MIGRATION_LOCK_ID = 0x7A11_6A7E
 PARTITION_LOCK_ID = MIGRATION_LOCK_ID + 1
+# Query parameters of a PostgreSQL URL that hold a secret (libpq's names).
+SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
 MIGRATION_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 PARTITION_NAME = re.compile(r"^llm_usage_y(\d{4})m(\d{2})$")
 
@@ -64,11 +66,18 @@ def list_migrations(directory: Path | None = None) -> list[Path]:
 def redact_dsn(dsn: str) -> str:
     """The URL with any password removed, for log lines."""
     parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+    if parts.query:
+        fields = parse_qsl(parts.query, keep_blank_values=True)
+        if any(name.lower() in SECRET_PARAMETERS for name, _ in fields):
+            shown = [
+                (name, "***" if name.lower() in SECRET_PARAMETERS else value)
+                for name, value in fields
+            ]
+            parts = parts._replace(query=urlencode(shown, safe="*"))
+    return urlunsplit(parts)
 
 
 def start_embedded_server(data_dir: Path) -> str:

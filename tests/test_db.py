@@ -107,6 +107,14 @@ async def test_claim_once_has_one_winner(db_pool: asyncpg.Pool) -> None:
 def test_redact_dsn_hides_the_password() -> None:
     assert db.redact_dsn("postgresql://u:secret@h:5/d") == "postgresql://u:***@h:5/d"
     assert db.redact_dsn("postgresql://h/d") == "postgresql://h/d"
+    # asyncpg and libpq also take it, and the TLS key's, as query parameters.
+    assert (
+        db.redact_dsn(
+            "postgresql://u@h/d?sslmode=require&password=s3cret&sslpassword=k"
+        )
+        == "postgresql://u@h/d?sslmode=require&password=***&sslpassword=***"
+    )
+    assert "s3cret" not in db.redact_dsn("postgresql://u:p@h/d?PASSWORD=s3cret")
 
 
 @pytest.mark.parametrize(

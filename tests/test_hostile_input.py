@@ -17,6 +17,12 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from aiohttp.http_exceptions import (
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidHeader,
+    LineTooLong,
+)
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
@@ -435,6 +441,36 @@ async def test_an_upstream_redirect_is_passed_back_not_followed(
     assert forbidden.received == []
     (row,) = await stored_rows(client.server.app, db_pool)
     assert row["status"] == 307
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        LineTooLong(b"Bearer sk-SECRET" * 600, "8190"),
+        InvalidHeader(b"Authorization: Bearer sk-SECRET\x01"),
+        BadStatusLine("POST /v1/chat/completions?key=sk-SECRET HTTP/1.1"),
+    ],
+    ids=["line-too-long", "invalid-header", "bad-status-line"],
+)
+def test_a_malformed_request_line_shows_none_of_its_bytes(
+    error: HttpProcessingError,
+) -> None:
+    """What aiohttp quotes of the request may be a key: the line keeps the kind only."""
+    from gateway.cli import quiet_malformed_requests
+
+    try:
+        raise error
+    except HttpProcessingError:
+        record = logging.LogRecord(
+            "aiohttp.server", logging.ERROR, __file__, 1, "Error handling request",
+            None, sys.exc_info(),
+        )  # fmt: skip
+
+    assert quiet_malformed_requests(record)
+    line = record.getMessage()
+    assert "SECRET" not in line
+    assert line.startswith("malformed request refused: ")
+    assert len(line) > len("malformed request refused: ") + 10
 
 
 def test_a_malformed_request_is_one_info_line_not_a_traceback() -> None:
