@@ -190,20 +190,24 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """
-    Ready when the database answers and its schema is in place; the
-    recorder's backlog is in the body either way.
+    Ready when the database answers, its schema is in place and the
+    recorder's last write went in (a full disk answers reads and refuses
+    writes); the recorder's backlog is in the body either way.
     """
     recorder = request.app[RECORDER]
     database = request.app[DATABASE]
     try:
         await asyncio.wait_for(database.pool.fetchval("SELECT 1"), 2)
-        database_ok = database.ready.is_set()
+        state = "ok" if database.ready.is_set() else "unreachable"
     # Whatever the reason, an unanswered query means not ready.
     except Exception:
-        database_ok = False
+        state = "unreachable"
+    if state == "ok" and not recorder.database_ok:
+        state = "not writable"
+    database_ok = state == "ok"
     body = {
         "status": "ready" if database_ok else "degraded",
-        "database": "ok" if database_ok else "unreachable",
+        "database": state,
         "recorder_queue_depth": recorder.queue_depth,
         "spool_depth": recorder.spool_depth,
     }
