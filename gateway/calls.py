@@ -11,6 +11,7 @@ of an accounted body that the gateway must see (``model``, ``stream``,
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from gateway.proxy import Incoming
 
 UNKNOWN_MODEL = "unknown"
+# Put first in a streamed body that does not ask for usage.
+INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 
 
 @dataclass(slots=True, eq=False)
@@ -129,15 +132,23 @@ def read_call_options(rest: str, body: bytes) -> tuple[str | None, bytes | None]
     model = model_name(obj.get("model"))
     if rest not in USAGE_OPTION_ENDPOINTS or obj.get("stream") is not True:
         return model, None
-    options = obj.get("stream_options")
+    if "stream_options" not in obj:
+        # The usual case: one key put first, every byte the client sent kept
+        # (orjson would turn an integer past 64 bits into a float).
+        start = body.index(b"{") + 1
+        return model, body[:start] + INCLUDE_USAGE + body[start:]
+    options = obj["stream_options"]
     if options is None:
         options = {}
     elif not isinstance(options, dict) or options.get("include_usage") is True:
         # Already asked for, or not ours to fix: the upstream judges it.
         return model, None
-    obj["stream_options"] = {**options, "include_usage": True}
+    # Rewritten whole, by the standard library, which keeps every integer and
+    # every number's value (its spelling may change: 1e0 becomes 1.0).
+    exact = json.loads(body)
+    exact["stream_options"] = {**options, "include_usage": True}
 
-    return model, orjson.dumps(obj)
+    return model, json.dumps(exact, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def take_body_usage(call: Call, body: bytes) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -36,6 +37,32 @@ def test_explicit_false_is_overridden_and_other_options_kept() -> None:
 
     assert changed is not None
     assert orjson.loads(changed)["stream_options"] == {"include_usage": True, "x": 1}
+
+
+def test_asking_for_usage_leaves_every_other_byte_as_the_client_sent_it() -> None:
+    """Numbers past 64 bits, exponents, escapes and spacing reach the upstream."""
+    body = (
+        b' {"model": "m", "stream": true, "seed": 123456789012345678901234567890,'
+        b' "temperature": 1e0, "top_p": 0.10000000000000001, "user": "\\u00e9"}'
+    )
+
+    _, changed = read_call_options("chat/completions", body)
+
+    assert changed == b' {"stream_options":{"include_usage":true},' + body[2:]
+
+
+def test_options_already_there_keep_the_values_the_client_sent() -> None:
+    body = (
+        b'{"model":"m","stream":true,"seed":123456789012345678901234567890,'
+        b'"stream_options":{"include_usage":false}}'
+    )
+
+    _, changed = read_call_options("chat/completions", body)
+
+    assert changed is not None
+    sent = json.loads(changed)
+    assert sent["seed"] == 123456789012345678901234567890
+    assert sent["stream_options"] == {"include_usage": True}
 
 
 @pytest.mark.parametrize(
