@@ -14,9 +14,10 @@ request it finds plain goes straight to ``proxy.forward``:
   none; a head of at most ``MAX_HEAD_BYTES`` and ``MAX_HEADERS`` lines.
 
 Any other request (another path or method, HTTP/1.0, a chunked or announced
-upload, a head too long) hands the connection to aiohttp's
-``RequestHandler`` with every byte read so far, and it stays there. So the
-door never answers a malformed request itself: aiohttp does, as it always has.
+upload, a head too long or ended by bare line feeds) hands the connection to
+aiohttp's ``RequestHandler`` with every byte read so far, and it stays there.
+So the door never answers a malformed request itself: aiohttp does, as it
+always has.
 
 What the door does is what aiohttp's server does for these calls: keep-alive
 and pipelined requests answered in order, ``Connection: close``, TCP
@@ -308,7 +309,12 @@ class Door(asyncio.Protocol):
         buffer = self.buffer
         end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
         if end < 0:
-            if len(buffer) >= MAX_HEAD_BYTES + 4:
+            # Too long for the door, or ended by bare line feeds, which only
+            # aiohttp's parser judges: either way its answer, not a wait.
+            if (
+                len(buffer) >= MAX_HEAD_BYTES + 4
+                or buffer.find(b"\n\n", 0, MAX_HEAD_BYTES + 2) >= 0
+            ):
                 self.hand_off()
             return
         if self.front.closing:

@@ -344,6 +344,23 @@ async def test_a_head_too_long_for_the_door_is_aiohttps_to_answer(
     assert len(fake.received) == 1
 
 
+async def test_a_head_with_bare_line_feeds_is_aiohttps_to_answer(
+    live: tuple[LiveGateway, FakeUpstream],
+) -> None:
+    """The door reads CRLF heads only; it must not sit on one that ends in LF LF."""
+    gateway, fake = live
+    assert gateway.front is not None
+    request = plain_request().replace(b"\r\n", b"\n")
+
+    async with connection(gateway) as (reader, writer):
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+        assert gateway.front.doors == set()
+
+    assert head.startswith(b"HTTP/1.")
+    assert fake.received == []
+
+
 async def test_a_slow_reader_gets_every_byte_of_a_long_stream(
     live: tuple[LiveGateway, FakeUpstream], db_pool: asyncpg.Pool
 ) -> None:
