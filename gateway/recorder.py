@@ -20,7 +20,10 @@ memory never exceed ``max_queue`` plus the batch being written, however long
 an outage or a stalled write lasts.
 
 What a SIGKILL can lose is what is in memory: the records of the current
-flush interval and the batch in flight. Spooled records survive it (the page
+flush interval and the batch in flight. A write that hangs (a lock, a frozen
+server) past ``STALLED_WRITE_S`` sends what waits, and every record after it,
+to the spool until it ends, rather than holding them until the statement
+times out. Spooled records survive it (the page
 cache outlives the process); a torn last line is skipped on replay. Writes
 are idempotent on the request id, so a segment replayed twice (a crash
 between its write and its removal) is stored and counted once.
@@ -123,6 +126,10 @@ REFUSED = (
     OverflowError,
     orjson.JSONEncodeError,
 )
+
+# A write that has not finished after this is taken as hung: records wait for
+# it on disk, not in memory. Writes take milliseconds; a backlog's COPY, tenths.
+STALLED_WRITE_S = 1.0
 
 # A replay reads one whole segment, so this bounds its memory: 20,000 records
 # measured +27 MiB of RSS while a 5-minute outage's spool was replayed.
@@ -385,6 +392,8 @@ class Recorder:
         self._stopping = False
         self._closed = False
         self._spilled_late = False
+        # True while the write in flight has taken longer than STALLED_WRITE_S.
+        self._stalled = False
         self._retry_s = settings.retry_initial_s
         self._next_replay = 0.0
         self._conn: asyncpg.Connection | None = None
@@ -410,6 +419,8 @@ class Recorder:
             if not self._spilled_late:
                 log.warning("records arrive after close; spooling them directly")
                 self._spilled_late = True
+            self._spill([record])
+        elif self._stalled:
             self._spill([record])
         elif len(self._queue) < self.settings.max_queue:
             self._queue.append(record)
@@ -571,8 +582,9 @@ class Recorder:
         Holding one connection spares each batch the pool's acquire and the
         reset statement its release sends: a round trip per batch.
         """
-        await self._connect()
+        stall = asyncio.get_running_loop().call_later(STALLED_WRITE_S, self._stall)
         try:
+            await self._connect()
             await write_batch(
                 self._conn, batch, statement_rows=self.settings.statement_rows
             )
@@ -581,6 +593,19 @@ class Recorder:
         except BaseException:
             await self._release_connection()
             raise
+        finally:
+            stall.cancel()
+            self._stalled = False
+
+    def _stall(self) -> None:
+        """The write in flight hangs: what waits, and what comes, goes to disk."""
+        log.warning(
+            "a database write has taken over %g s; spooling records until it ends",
+            STALLED_WRITE_S,
+        )
+        self._stalled = True
+        waiting, self._queue = self._queue, []
+        self._spill(waiting)
 
     async def _connect(self) -> None:
         if not self._has_connection():

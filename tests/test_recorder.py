@@ -14,7 +14,13 @@ import pytest
 from gateway import recorder as recorder_module
 from gateway.config import RecorderSettings
 from gateway.record import UsageRecord, new_request_id
-from gateway.recorder import COPY_AT_ROWS, Recorder, Spool, write_batch
+from gateway.recorder import (
+    COPY_AT_ROWS,
+    STALLED_WRITE_S,
+    Recorder,
+    Spool,
+    write_batch,
+)
 
 T0 = datetime(2030, 3, 1, 12, tzinfo=UTC)
 
@@ -467,6 +473,43 @@ async def test_while_the_database_is_away_retries_do_not_read_the_spool(
 
     assert read == []
     assert recorder.spool_depth == 10
+
+
+async def test_records_go_to_the_spool_once_a_write_has_hung_a_while(
+    db_pool: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    """
+    A hung write (a lock, a frozen server) must not leave the calls after it
+    in memory until the statement timeout, where a SIGKILL would lose them.
+    """
+    recorder = Recorder(db_pool, fast_retries(batch_size=100), tmp_path)
+    blocker = await asyncpg.connect(database_url)
+    locked = blocker.transaction()
+    await locked.start()
+    await blocker.execute("LOCK TABLE llm_usage IN ACCESS EXCLUSIVE MODE")
+    await recorder.start()
+    sent = [make_record(i) for i in range(600)]
+
+    for record in sent[:300]:
+        recorder.submit(record)
+    await asyncio.sleep(STALLED_WRITE_S + 0.3)
+    for record in sent[300:]:
+        recorder.submit(record)
+    in_memory = recorder.queue_depth
+    spooled = recorder.spool_depth
+    await locked.rollback()
+    await blocker.close()
+    await wait_until(
+        lambda: recorder.spool_depth == 0 and recorder.queue_depth == 0, "everything"
+    )
+    await recorder.close()
+
+    # The batch being written stays in memory; everything else is on disk.
+    assert in_memory <= 100
+    assert spooled == 600 - in_memory
+    stored = await db_pool.fetch("SELECT request_id FROM llm_usage")
+    assert sorted(r["request_id"] for r in stored) == sorted(r.request_id for r in sent)
+    await assert_rollup_matches_rows(db_pool)
 
 
 async def test_past_max_queue_records_go_to_the_spool_while_a_write_stalls(
