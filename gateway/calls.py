@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from gateway.proxy import Incoming
 
 UNKNOWN_MODEL = "unknown"
+# A Responses answer whose work has not begun (``background: true``).
+_NOT_STARTED = re.compile(rb'"status"\s*:\s*"(?:queued|in_progress)"')
 # Put first in a streamed body that does not ask for usage.
 INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 
@@ -157,9 +160,16 @@ def take_body_usage(call: Call, body: bytes) -> None:
     call.reported_model = model
     call.service_tier = tier
     call.usage = usage
-    if usage is None and 200 <= call.status < 300:
+    if usage is not None or not 200 <= call.status < 300:
+        return
+    call.usage_complete = False
+    if call.target.rest == "responses" and _NOT_STARTED.search(body) is not None:
+        # A background response, answered before any work: its usage goes to
+        # whoever retrieves it later, so there is nothing here to estimate.
+        call.usage = Usage()
+        call.error = "usage_deferred"
+    else:
         # A success without usage: bill what the sizes suggest, say so.
-        call.usage_complete = False
         call.output_estimate = estimate_tokens(len(body))
         call.error = "no_usage"
 

@@ -363,6 +363,42 @@ async def test_a_json_answer_without_usage_says_so(
     assert row["total_cost_usd"] > 0
 
 
+@pytest.mark.parametrize("status", ["queued", "in_progress"])
+async def test_a_background_response_is_stored_with_its_usage_deferred(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool, status: str
+) -> None:
+    """Answered at once, before any token: there is nothing to estimate."""
+    client = await gateway()
+    answer = orjson.dumps(
+        {
+            "id": "resp_1",
+            "object": "response",
+            "status": status,
+            "background": True,
+            "model": "o3-2025-04-16",
+            "output": [],
+            "usage": None,
+        }
+    )
+    fake.fail_next(200, body=answer)
+
+    resp = await client.post(
+        "/v1/responses", json={"model": "o3", "input": "hi", "background": True}
+    )
+
+    assert await resp.read() == answer
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["status"], row["error"], row["model"]) == (
+        200,
+        "usage_deferred",
+        "o3-2025-04-16",
+    )
+    assert (row["input_tokens"], row["output_tokens"]) == (0, 0)
+    assert not row["usage_estimated"]
+    assert not row["usage_complete"]
+    assert row["total_cost_usd"] == 0
+
+
 async def test_a_stream_without_usage_says_so(
     gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
 ) -> None:
