@@ -35,8 +35,11 @@ RESPONSES_ENDPOINT = "responses"
 
 # One path segment in its raw form: RFC 3986 pchar, percent-escapes included.
 _SEGMENT = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})+")
-# A query may hold the same plus "/" and "?"; anything else is refused.
-_QUERY = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
+# A query is forwarded as sent, so it may hold any visible ASCII byte ("#" is
+# refused apart): clients send brackets, quotes and pipes unescaped, and the
+# upstream judges them. Spaces, controls and non-ASCII bytes cannot stand in
+# a request line and are refused.
+_QUERY = re.compile(r"[!-~]*")
 # Escapes that decode to a separator or a control byte.
 _BAD_ESCAPE = re.compile(r"%(?:2[fF]|5[cC]|[01][0-9A-Fa-f]|7[fF])")
 

@@ -464,6 +464,9 @@ CASES = {
     "streamed": plain_request(chat_body(stream=True)),
     "bad tag": plain_request(extra=b"X-Purpose: " + b"p" * 300 + b"\r\n"),
     "models": b"GET /v1/models HTTP/1.1\r\nHost: gateway\r\n\r\n",
+    "bracketed query": (
+        b"GET /v1/models?include[]=a&q=x|y HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    ),
     "prefixed": plain_request(path=b"/deepseek/v1/chat/completions"),
     "upstream error": plain_request(chat_body(user="fail")),
 }
@@ -503,6 +506,7 @@ async def test_both_doors_give_the_same_answers(
         assert ours[name] == theirs[name], name
     assert ours["bad tag"][0] == 400
     assert ours["upstream error"][0] == 429
+    assert ours["bracketed query"][0] == 200
 
 
 def test_a_whole_answer_without_a_type_says_octet_stream() -> None:

@@ -109,6 +109,9 @@ def test_only_the_four_endpoints_are_accounted() -> None:
         "/v1/mo dels",
         "/v1/models?x=1#frag",
         "/v1/models?x=\x01",
+        "/v1/models?x=a b",
+        "/v1/models?x=\x7f",
+        "/v1/models?x=é",
         "/v1/models/%zz",
     ],
 )
@@ -123,6 +126,21 @@ def test_path_tricks_are_refused(target: str) -> None:
 def test_paths_outside_v1_are_not_proxied(target: str) -> None:
     with pytest.raises(NotFound):
         split_target(target)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["include[]=a&include[]=b", "x=a|b", 'x="a"', "x={a}", "x=a^b", "x=`a`", "x=a\\b"],
+)
+def test_a_query_is_forwarded_as_sent_if_it_can_stand_in_a_request_line(
+    query: str,
+) -> None:
+    """Clients send brackets and the like unescaped; the upstream judges them."""
+    router = make_router()
+
+    target = router.resolve(split_target(f"/v1/files?{query}"), None)
+
+    assert target.url == f"https://api.openai.com/v1/files?{query}"
 
 
 def test_percent_escapes_that_are_not_separators_are_kept_raw() -> None:
