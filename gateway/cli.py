@@ -104,6 +104,10 @@ async def settle_garbage_collector(app: object) -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
+class CannotListen(Exception):
+    """The address to serve on is taken, or not this host's."""
+
+
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.app import create_app
 
@@ -116,12 +120,13 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
-    log.info(
-        "tallygate %s listening on http://%s:%d", __version__, server.host, server.port
-    )
     app = create_app(settings)
     app.on_startup.append(settle_garbage_collector)
-    run_until_stopped(serve_app(app, server), loop)
+    try:
+        run_until_stopped(serve_app(app, server), loop)
+    except CannotListen as exc:
+        log.error("%s", exc)
+        return 1
     return 0
 
 
@@ -145,7 +150,18 @@ async def serve_app(app: web.Application, server: ServerSettings) -> None:
             site = FrontSite(runner, host=server.host, port=server.port)
         else:
             site = web.TCPSite(runner, server.host, server.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CannotListen(
+                f"cannot listen on {server.host}:{server.port}: {exc.strerror or exc}"
+            ) from None
+        log.info(
+            "tallygate %s listening on http://%s:%d",
+            __version__,
+            server.host,
+            server.port,
+        )
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()

@@ -1,0 +1,41 @@
+"""The command line: what ``tallygate serve`` says when it cannot start."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_serve_on_a_taken_port_exits_1_with_one_line(
+    database_url: str, tmp_path: Path
+) -> None:
+    """It says so once, and never that it is listening."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[database]\nurl = "{database_url}"\ndata_dir = "{tmp_path / "data"}"\n'
+            f"[server]\nport = {port}\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TALLYGATE_")}
+        env.pop("DATABASE_URL", None)
+
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "listening on" not in done.stderr
+    assert len(errors) == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in errors[0]
