@@ -119,9 +119,16 @@ class Metrics(Collector):
 
     def count_call(self, record: UsageRecord) -> None:
         """Count one finished call: request, tokens and cost."""
-        upstream = self.upstreams(record.upstream)
-        model = self.models(record.model)
-        purpose = self.purposes(record.purpose or UNTAGGED)
+        # Seen values are tested inline: a call of each limiter costs more.
+        upstream = record.upstream
+        if upstream not in self.upstreams.seen:
+            upstream = self.upstreams(upstream)
+        model = record.model
+        if model not in self.models.seen:
+            model = self.models(model)
+        purpose = record.purpose or UNTAGGED
+        if purpose not in self.purposes.seen:
+            purpose = self.purposes(purpose)
         self.requests[
             (upstream, model, record.endpoint, status_class(record.status))
         ] += 1
