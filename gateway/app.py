@@ -61,7 +61,7 @@ HTTP_CODES = {
 async def error_middleware(
     request: web.Request, handler: Handler
 ) -> web.StreamResponse:
-    """Render every error as ``{"error": {...}}``; log only our own failures."""
+    """Render every error as ``{"error": {...}}``, each refusal logged once."""
     try:
         return await handler(request)
     except GatewayError as exc:
@@ -73,6 +73,10 @@ async def error_middleware(
             exc.status, ("invalid_request_error", "http_error")
         )
         message = exc.reason if exc.text is None else exc.text
+        log.info(
+            "%s %s refused: %s", request.method, request.path, message,
+            extra={"status": exc.status, "code": code},
+        )  # fmt: skip
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return json_error(exc.status, error_body(message, type_, code), headers)
     except (asyncio.CancelledError, ConnectionResetError):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -282,6 +283,23 @@ async def test_a_bad_field_is_a_400_naming_it(
         assert error["param"] == param, body
         assert error["type"] == "invalid_request_error"
     assert await stored(db_pool) == []
+
+
+async def test_a_body_over_the_limit_is_a_413_logged_once(
+    aiohttp_client: Any, make_settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp refuses it before the handler: in the OpenAI shape, and logged."""
+    settings = make_settings(pricing=PRICING, server={"max_body_bytes": 1024})
+    client = await aiohttp_client(create_app(settings, clock=lambda: NOW))
+    caplog.set_level(logging.INFO, logger="gateway")
+
+    resp = await client.post("/api/usage", data=b"{" + b" " * 2048 + b"}")
+
+    assert resp.status == 413
+    assert (await resp.json())["error"]["code"] == "request_too_large"
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("POST /api/usage refused: ")
 
 
 async def test_a_body_that_is_not_an_object_is_a_400(client: Any) -> None:
