@@ -294,8 +294,12 @@ class Spool:
     def _open(self) -> None:
         number = self.next_number
         self.next_number += 1
+        # Readable by the gateway's user only, and not executable (os.open's
+        # default mode is 0o777 less the umask).
         self._fd = os.open(
-            self.path(number), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL
+            self.path(number),
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL,
+            0o600,
         )
         self.current = number
         self.counts[number] = 0

@@ -647,6 +647,14 @@ def test_a_segment_the_disk_took_nothing_into_is_removed(tmp_path: Path) -> None
     assert Spool(tmp_path).depth == 1
 
 
+def test_a_segment_is_the_gateway_users_alone(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+
+    spool.append([make_record(0)])
+
+    assert spool.path(1).stat().st_mode & 0o777 == 0o600
+
+
 def test_empty_segments_an_earlier_process_left_are_removed(tmp_path: Path) -> None:
     Spool(tmp_path).append([make_record(0)])
     (tmp_path / "000000000002.jsonl").write_bytes(b"")
