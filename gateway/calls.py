@@ -169,8 +169,10 @@ def take_body_usage(call: Call, body: bytes) -> None:
         call.usage = Usage()
         call.error = "usage_deferred"
     else:
-        # A success without usage: bill what the sizes suggest, say so.
-        call.output_estimate = estimate_tokens(len(body))
+        # A success without usage: bill what the sizes suggest, say so. An
+        # embedding has no output tokens: its answer is vectors, not text.
+        if call.target.rest != "embeddings":
+            call.output_estimate = estimate_tokens(len(body))
         call.error = "no_usage"
 
 

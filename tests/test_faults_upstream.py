@@ -399,6 +399,28 @@ async def test_a_background_response_is_stored_with_its_usage_deferred(
     assert row["total_cost_usd"] == 0
 
 
+async def test_embeddings_without_usage_estimate_input_only(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    client = await gateway()
+    answer = orjson.dumps(
+        {"object": "list", "model": "text-embedding-3-small",
+         "data": [{"object": "embedding", "index": 0, "embedding": [0.25] * 512}]}
+    )  # fmt: skip
+    fake.fail_next(200, body=answer)
+    request = orjson.dumps({"model": "text-embedding-3-small", "input": "hi " * 99})
+
+    resp = await client.post(
+        "/v1/embeddings", data=request, headers={"Content-Type": "application/json"}
+    )
+
+    assert await resp.read() == answer
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["error"], row["output_tokens"]) == ("no_usage", 0)
+    assert row["input_tokens"] == estimate_tokens(len(request))
+    assert row["usage_estimated"]
+
+
 async def test_a_stream_without_usage_says_so(
     gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
 ) -> None:
