@@ -598,11 +598,11 @@ class Connection(asyncio.Protocol):
             if due > now:
                 self.deadline = self.loop.call_at(due, self.expire)
                 return
-            self.deadline = None
-            self.fail(ResponseTimeout(f"the upstream went silent for {limit:g} s"))
-            return
+            error = ResponseTimeout(f"the upstream went silent for {limit:g} s")
+        else:
+            error = ResponseTimeout(f"the upstream did not answer in {limit:g} s")
         self.deadline = None
-        self.fail(ResponseTimeout(f"the upstream did not answer in {limit:g} s"))
+        self.fail(error)
 
     def stop_deadline(self) -> None:
         if self.deadline is not None:

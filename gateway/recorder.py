@@ -23,10 +23,10 @@ What a SIGKILL can lose is what is in memory: the records of the current
 flush interval and the batch in flight. A write that hangs (a lock, a frozen
 server) past ``STALLED_WRITE_S`` sends what waits, and every record after it,
 to the spool until it ends, rather than holding them until the statement
-times out. Spooled records survive it (the page
-cache outlives the process); a torn last line is skipped on replay. Writes
-are idempotent on the request id, so a segment replayed twice (a crash
-between its write and its removal) is stored and counted once.
+times out. Spooled records survive a SIGKILL (the page cache outlives the
+process); a torn last line is skipped on replay. Writes are idempotent on
+the request id, so a segment replayed twice (a crash between its write and
+its removal) is stored and counted once.
 """
 
 from __future__ import annotations

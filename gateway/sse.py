@@ -609,9 +609,7 @@ def _find_usage_object(buf: bytes | bytearray, start: int, end: int) -> int:
         if buf.startswith(b":null", j, end):
             i = buf.find(_USAGE_KEY, j + 5, end)
             continue
-        while j < end and buf[j] in _KEY_GAP:
-            j += 1
-        if j < end and buf[j] == _BRACE:
+        if _opens_object(buf, j, end):
             return i
         i = buf.find(_USAGE_KEY, j, end)
     return -1
@@ -620,14 +618,17 @@ def _find_usage_object(buf: bytes | bytearray, start: int, end: int) -> int:
 def _find_last_usage_object(buf: bytes) -> int:
     """Return where the last ``"usage"`` key with an object value is, or -1."""
     i = buf.rfind(_USAGE_KEY)
-    while i != -1:
-        j = i + 7
-        while j < len(buf) and buf[j] in _KEY_GAP:
-            j += 1
-        if j < len(buf) and buf[j] == _BRACE:
-            return i
+    while i != -1 and not _opens_object(buf, i + 7, len(buf)):
         i = buf.rfind(_USAGE_KEY, 0, i)
-    return -1
+    return i
+
+
+def _opens_object(buf: bytes | bytearray, after_key: int, end: int) -> bool:
+    """Whether the value after a key ending at *after_key* is an object."""
+    j = after_key
+    while j < end and buf[j] in _KEY_GAP:
+        j += 1
+    return j < end and buf[j] == _BRACE
 
 
 def _has_usage_object(buf: bytes | bytearray, start: int, end: int) -> bool:

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -207,3 +211,20 @@ class LoopbackServers:
         for server in self.servers:
             server.close()
             await server.wait_closed()
+
+
+def serve_once(config: Path, **run: Any) -> subprocess.CompletedProcess[str]:
+    """
+    Run ``tallygate serve --config *config*`` until it exits (each caller's
+    config makes it stop), with no setting from this process's environment.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLYGATE_")}
+    env.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        **run,
+    )

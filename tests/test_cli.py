@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.harness import serve_once
 
 
 def test_serve_on_a_taken_port_exits_1_with_one_line(
@@ -22,16 +21,8 @@ def test_serve_on_a_taken_port_exits_1_with_one_line(
             f'[database]\nurl = "{database_url}"\ndata_dir = "{tmp_path / "data"}"\n'
             f"[server]\nport = {port}\n"
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TALLYGATE_")}
-        env.pop("DATABASE_URL", None)
 
-        done = subprocess.run(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
+        done = serve_once(config)
 
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert done.returncode == 1, done.stderr

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import tomllib
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +18,7 @@ from gateway.config import (
     settings_reference,
 )
 from gateway.errors import ConfigError
+from tests.harness import serve_once
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config.example.toml"
@@ -217,16 +216,8 @@ def test_a_service_tier_price_must_be_named_as_answers_name_tiers(
 def test_serve_with_a_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[server]\nport = "many"\n[telegram]\nbot_token = 1234567\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLYGATE_")}
 
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=tmp_path,
-    )
+    done = serve_once(bad, cwd=tmp_path)
 
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1, done.stderr

@@ -8,9 +8,6 @@ the recorder says about itself.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +23,7 @@ from gateway.keys import RECORDER
 from gateway.record import UsageRecord
 from gateway.recorder import Recorder
 from tests.fake_upstream import FakeUpstream
+from tests.harness import serve_once
 from tests.pg_server import ThrowawayServer
 from tests.test_recorder import assert_rollup_matches_rows, make_record, wait_until
 
@@ -170,16 +168,8 @@ def test_serve_stops_with_one_line_when_the_database_refuses(
         f'[database]\nurl = "{missing}"\ndata_dir = "{tmp_path / "data"}"\n'
         "[server]\nport = 0\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLYGATE_")}
-    env.pop("DATABASE_URL", None)
 
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    done = serve_once(config)
 
     errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert done.returncode == 2, done.stderr
