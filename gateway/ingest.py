@@ -163,10 +163,11 @@ def read_text(
     return value
 
 
-def read_response_time_ms(body: dict[str, Any]) -> float:
+def read_response_time_ms(body: dict[str, Any]) -> float | None:
+    """The call's latency; None when not given, so no average counts it."""
     value = body.get("response_time_ms")
     if value is None:
-        return 0.0
+        return None
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)

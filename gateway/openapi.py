@@ -168,7 +168,13 @@ SCHEMAS: dict[str, Schema] = {
                     " named it (default, flex, priority); null: not named.",
                 }
             ),
-            "response_time_ms": {"type": "number", "minimum": 0},
+            "response_time_ms": nullable(
+                {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "null: not measured (ingested without it).",
+                }
+            ),
             "status": {"type": "integer"},
             "streamed": {"type": "boolean"},
             "upstream": TEXT,

@@ -60,7 +60,8 @@ class UsageRecord:
     ticker: str | None = None
     cycle_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
-    response_time_ms: float = 0.0
+    # None: not measured (a call ingested without it); counted in no average.
+    response_time_ms: float | None = 0.0
     # The label of the gateway key the client presented, if any.
     key_label: str | None = None
     # A short machine code when the call did not end normally

@@ -108,7 +108,8 @@ ROW_SUMS = """
     sum(reasoning_tokens) AS reasoning_tokens,
     sum(total_tokens) AS total_tokens,
     coalesce(sum(total_cost_usd), 0) AS cost_usd,
-    sum(response_time_ms) AS latency_ms_sum, count(*) AS latency_count
+    coalesce(sum(response_time_ms), 0) AS latency_ms_sum,
+    count(response_time_ms) AS latency_count
 """
 UTC_DAY = "(\"timestamp\" AT TIME ZONE 'UTC')::date"
 

@@ -14,7 +14,7 @@ from gateway.config import load_settings
 from gateway.keys import PRICES, RECORDER
 from gateway.usage import MAX_TOKENS, Usage
 from tests.pg_server import ThrowawayServer
-from tests.test_recorder import wait_until
+from tests.test_recorder import assert_rollup_matches_rows, wait_until
 
 NOW = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
 # USD per million tokens: 1 input, 0.25 cached input, 4 output.
@@ -211,6 +211,30 @@ async def test_a_repeat_reaching_another_process_is_found_in_the_database(
     assert resp.status == 200
     assert (await resp.json())["duplicate"] is True
     assert len(await stored(db_pool)) == 1
+
+
+async def test_a_call_without_a_latency_counts_in_no_average(
+    client: Any, db_pool: asyncpg.Pool
+) -> None:
+    """Unknown is not 0 ms: the average is of the calls that gave one."""
+    call = {"model": "house-model", "input_tokens": 10, "output_tokens": 5}
+    await client.post("/api/usage", json={**call, "response_time_ms": 1000})
+    await client.post("/api/usage", json={**call, "ticker": "AAPL"})
+
+    today = await (await client.get("/api/token-usage?period=today")).json()
+    by_ticker = await (await client.get("/api/token-usage?ticker=AAPL")).json()
+    listed = await (await client.get("/api/token-usage/calls")).json()
+
+    assert today["api_calls_count"] == 2
+    assert today["avg_response_time_ms"] == 1000
+    assert by_ticker["api_calls_count"] == 1
+    assert by_ticker["avg_response_time_ms"] == 0
+    assert sorted(c["response_time_ms"] is None for c in listed["calls"]) == [
+        False,
+        True,
+    ]
+    assert [r["response_time_ms"] for r in await stored(db_pool)].count(None) == 1
+    await assert_rollup_matches_rows(db_pool)
 
 
 async def test_an_ingested_call_shows_in_the_statistics(client: Any) -> None:

@@ -53,12 +53,14 @@ async def assert_rollup_matches_rows(pool: asyncpg.Pool) -> None:
         " coalesce(purpose, '') AS purpose, count(*) AS calls,"
         " count(*) FILTER (WHERE status >= 400 OR error IS NOT NULL) AS errors,"
         " sum(input_tokens) AS input_tokens, sum(total_tokens) AS total_tokens,"
-        " sum(total_cost_usd) AS cost_usd, sum(response_time_ms) AS latency_ms_sum"
+        " sum(total_cost_usd) AS cost_usd, count(response_time_ms) AS latency_count,"
+        " coalesce(sum(response_time_ms), 0) AS latency_ms_sum"
         " FROM llm_usage GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
     )
     rollup = await pool.fetch(
         "SELECT day, model, purpose, calls, errors, input_tokens, total_tokens,"
-        " cost_usd, latency_ms_sum FROM llm_usage_daily ORDER BY 1, 2, 3"
+        " cost_usd, latency_count, latency_ms_sum FROM llm_usage_daily"
+        " ORDER BY 1, 2, 3"
     )
     # Float sums depend on the order rows are added in: compare those apart.
     latency = [r["latency_ms_sum"] for r in rows]

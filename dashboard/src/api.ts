@@ -82,7 +82,7 @@ export interface Call {
   input_tokens: number;
   output_tokens: number;
   cost: number | null;
-  response_time_ms: number;
+  response_time_ms: number | null;
   status: number;
   streamed: boolean;
   upstream: string;
