@@ -5,11 +5,15 @@ A client that calls an LLM directly posts what the call used to
 ``/api/usage``; it is checked field by field, priced by the same price book at
 its own timestamp, and handed to the same recorder (endpoint ``ingest``).
 
-A ``request_id`` makes the post idempotent. The stored row is looked up first
-(``request_id`` leads a unique index); a repeat that arrives while the first
-is still waiting to be written finds it among the recent posts this process
-holds. Two replicas posting the same id at once can each store it, unless the
-client also sends the ``timestamp``: the database's unique key is the pair.
+A ``request_id`` makes the post idempotent. A repeat that arrives while the
+first is still being stored finds it among the recent posts this process
+holds. Otherwise the stored row is looked up and, if there is none, the
+record is inserted, both on one connection under a transaction lock on the
+id, so that a replica posting the same id at the same moment waits and then
+finds the row (the database's unique key, request id and timestamp, cannot
+tell two replicas' stamps apart). While the database is away the record goes
+the recorder's way, to the spool, and the recent posts and the unique key
+are what hold.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from gateway.errors import BadParameter, BadRequest
 from gateway.keys import CLOCK, DATABASE, PRICES, RECORDER, SETTINGS
 from gateway.pricing import PriceBook
 from gateway.record import UsageRecord, new_request_id
+from gateway.recorder import REFUSED, write_batch
 from gateway.usage import MAX_MODEL_CHARS, MAX_TOKENS, Usage, service_tier_name
 
 log = logging.getLogger(__name__)
@@ -78,6 +83,9 @@ FIELDS = frozenset(
 # Errors of the lookup that mean "the database is not answering": the post
 # is still taken (the recorder spools it), only the lookup is skipped.
 LOOKUP_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Held by a post while it looks its request id up and stores it: a replica
+# posting the same id waits, then finds the row.
+LOCK_REQUEST_ID = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,7 +376,41 @@ async def record_new(
 ) -> Ingested:
     price(app, record, provider)
     app[RECORDER].submit(record)
-    row_id = await wait_until_stored(app, record)
+    return ingested(record, await wait_until_stored(app, record))
+
+
+async def store_once(
+    app: web.Application, record: UsageRecord, provider: str | None
+) -> tuple[Ingested, bool] | None:
+    """
+    Look a posted request id up and, when it is new, store its record, on one
+    connection under a transaction lock on the id: another replica posting
+    the same id at the same moment waits, then finds this row. Return the
+    answer and whether the id was stored before; None when the database
+    could not do it, and the recorder's way (spooled if need be) is taken.
+    """
+    recorder = app[RECORDER]
+    if not recorder.database_ok:
+        return None
+    try:
+        async with app[DATABASE].pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_REQUEST_ID, record.request_id)
+            row = await stats.find_call(conn, record.request_id)
+            if row is not None:
+                return answer_of(row), True
+            price(app, record, provider)
+            await write_batch(conn, [record])
+            row = await stats.find_call(conn, record.request_id, record.timestamp)
+    except (*LOOKUP_ERRORS, *REFUSED) as exc:
+        log.warning("cannot store request %s at once (%s)", record.request_id, exc)
+        return None
+    recorder.notify(record)
+    recorder.metrics.rows_written += 1
+    return ingested(record, row["id"] if row is not None else None), False
+
+
+def ingested(record: UsageRecord, row_id: int | None) -> Ingested:
+    """The answer to a post whose record is new; logged once."""
     log.info(
         "ingested %s (%s, %d tokens)",
         record.request_id,
@@ -411,8 +453,10 @@ async def ingest(app: web.Application, body: Any) -> tuple[Ingested, bool]:
 
     future = recent.start(request_id)
     try:
-        row = await look_up(app, request_id)
-        if row is not None:
+        stored = await store_once(app, record, provider)
+        if stored is not None:
+            answer, duplicate = stored
+        elif (row := await look_up(app, request_id)) is not None:
             answer, duplicate = answer_of(row), True
         else:
             answer, duplicate = await record_new(app, record, provider), False

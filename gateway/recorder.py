@@ -414,11 +414,7 @@ class Recorder:
 
     def submit(self, record: UsageRecord) -> None:
         """Take *record* for writing; never blocks, never raises."""
-        for observe in self.observers:
-            try:
-                observe(record)
-            except Exception:
-                log.exception("usage observer failed")
+        self.notify(record)
         if self._closed:
             if not self._spilled_late:
                 log.warning("records arrive after close; spooling them directly")
@@ -432,6 +428,14 @@ class Recorder:
                 self._wakeup.set()
         else:
             self._spill([record])
+
+    def notify(self, record: UsageRecord) -> None:
+        """Tell the observers of *record*, as ``submit`` does (stored elsewhere)."""
+        for observe in self.observers:
+            try:
+                observe(record)
+            except Exception:
+                log.exception("usage observer failed")
 
     def wake(self) -> None:
         """Try the database now (it was just seen to answer), skipping backoff."""

@@ -581,7 +581,9 @@ async def iterate_rows(
 
 
 async def find_call(
-    pool: asyncpg.Pool, request_id: str, timestamp: datetime | None = None
+    pool: asyncpg.Pool | asyncpg.Connection,
+    request_id: str,
+    timestamp: datetime | None = None,
 ) -> asyncpg.Record | None:
     """The stored call with *request_id* (and *timestamp*, when given), if any."""
     where = Where()

@@ -199,6 +199,35 @@ async def test_concurrent_repeats_of_a_request_id_are_stored_once(
     assert ids == {row["id"]}
 
 
+async def test_an_id_posted_to_two_replicas_at_once_is_stored_once(
+    aiohttp_client: Any, make_settings: Any, db_pool: asyncpg.Pool
+) -> None:
+    """Each replica stamps its own time, so the unique key alone cannot tell."""
+    settings = make_settings(pricing=PRICING)
+    one = await aiohttp_client(create_app(settings, clock=lambda: NOW))
+    later = NOW + timedelta(microseconds=7)
+    two = await aiohttp_client(create_app(settings, clock=lambda: later))
+    body = {"model": "house-model", "input_tokens": 7, "output_tokens": 3}
+
+    answers = await asyncio.gather(
+        *(
+            replica.post("/api/usage", json={**body, "request_id": f"twice-{n}"})
+            for n in range(20)
+            for replica in (one, two)
+        )
+    )
+
+    assert sorted(a.status for a in answers) == [200] * 20 + [201] * 20
+    rows = await stored(db_pool)
+    assert sorted(r["request_id"] for r in rows) == sorted(
+        f"twice-{n}" for n in range(20)
+    )
+    for n in range(20):
+        first, second = answers[2 * n : 2 * n + 2]
+        assert (await first.json())["id"] == (await second.json())["id"] is not None
+    await assert_rollup_matches_rows(db_pool)
+
+
 async def test_a_repeat_reaching_another_process_is_found_in_the_database(
     client: Any, aiohttp_client: Any, make_settings: Any, db_pool: asyncpg.Pool
 ) -> None:
