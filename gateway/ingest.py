@@ -3,7 +3,9 @@ Calls made elsewhere, recorded as if they had gone through the proxy.
 
 A client that calls an LLM directly posts what the call used to
 ``/api/usage``; it is checked field by field, priced by the same price book at
-its own timestamp, and handed to the same recorder (endpoint ``ingest``).
+its own timestamp, and stored as a proxied call's row is (endpoint
+``ingest``): through the recorder's queue, or, for a post with a request id,
+by the recorder's batch writer at once, as below.
 
 A ``request_id`` makes the post idempotent. A repeat that arrives while the
 first is still being stored finds it among the recent posts this process
