@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from gateway.usage import Usage, estimate_tokens, model_name, usage_from_body
 
 if TYPE_CHECKING:
     from gateway.proxy import Incoming
+
+log = logging.getLogger(__name__)
 
 UNKNOWN_MODEL = "unknown"
 # A Responses answer whose work has not begun (``background: true``).
@@ -159,8 +162,9 @@ def take_body_usage(call: Call, body: bytes) -> None:
     usage, model, tier = usage_from_body(body)
     call.reported_model = model
     call.service_tier = tier
-    call.usage = usage
-    if usage is not None or not 200 <= call.status < 300:
+    unreadable = usage is not None and usage.unreadable
+    call.usage = None if unreadable else usage
+    if call.usage is not None or not 200 <= call.status < 300:
         return
     call.usage_complete = False
     if call.target.rest == "responses" and _NOT_STARTED.search(body) is not None:
@@ -173,21 +177,42 @@ def take_body_usage(call: Call, body: bytes) -> None:
         # embedding has no output tokens: its answer is vectors, not text.
         if call.target.rest != "embeddings":
             call.output_estimate = estimate_tokens(len(body))
-        call.error = "no_usage"
+        if unreadable:
+            name_unreadable(call)
+        else:
+            call.error = "no_usage"
 
 
 def take_stream_usage(call: Call, scanner: StreamScanner) -> None:
     """Take what *scanner* saw of a stream, however it ended, into *call*."""
     call.reported_model = scanner.model
     call.service_tier = scanner.service_tier
-    call.usage = scanner.usage
-    if scanner.usage is None:
+    usage = scanner.usage
+    unreadable = usage is not None and usage.unreadable
+    call.usage = None if unreadable else usage
+    if call.usage is None:
         call.usage_complete = False
         call.output_estimate = scanner.chunks_seen
         # A read that failed has named the cut already; here the stream ended
         # cleanly, with its end marker but no usage, or without the marker.
         if call.error is None and 200 <= call.status < 300:
-            call.error = "no_usage" if scanner.finished else "stream_incomplete"
+            if not scanner.finished:
+                call.error = "stream_incomplete"
+            elif unreadable:
+                name_unreadable(call)
+            else:
+                call.error = "no_usage"
+
+
+def name_unreadable(call: Call) -> None:
+    """Mark a call whose usage came in counts that cannot be priced; log it."""
+    call.error = "usage_unreadable"
+    log.warning(
+        "%s: the usage %s reported is not in counts that can be priced;"
+        " its tokens are estimated",
+        call.target.endpoint,
+        call.upstream.name,
+    )
 
 
 def build_record(

@@ -12,9 +12,12 @@ Three dialects of the ``usage`` object are understood:
 - the Responses API: ``input_tokens``, ``output_tokens``,
   ``input_tokens_details.cached_tokens``, ``output_tokens_details.reasoning_tokens``.
 
-Bodies come from outside, so nothing here trusts them: a field of the wrong
-type, negative, or absurdly large is ignored, and bad JSON yields no usage
-instead of an exception.
+Bodies come from outside, so nothing here trusts them. A count is a whole
+number from 0 to ``MAX_TOKENS`` (``12.0`` included); an input or output
+count that is anything else (a string, negative, absurdly large), or a total
+without its parts, makes the usage unreadable, so the call is estimated and
+says so rather than being priced as nothing. A total or a detail that is not
+a count is ignored, and bad JSON yields no usage instead of an exception.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class Usage:
     # Parts of input_tokens and output_tokens that were audio.
     input_audio_tokens: int = 0
     output_audio_tokens: int = 0
+    # The upstream reported usage, but not in counts that can be priced; the
+    # other fields are then 0 and mean nothing.
+    unreadable: bool = False
 
 
 def usage_from_object(obj: object) -> Usage | None:
@@ -99,8 +105,20 @@ def usage_from_object(obj: object) -> Usage | None:
         cache_miss = _count(obj.get("prompt_cache_miss_tokens"))
         if cache_miss is not None:
             input_tokens = cache_hit + cache_miss
-    if input_tokens is None and output_tokens is None and total_tokens is None:
-        return None
+    if input_tokens is None or output_tokens is None:
+        # A part sent as anything but a count or null cannot be priced, nor
+        # can a total without its parts.
+        unreadable = (
+            input_tokens is None and _sent(obj, "prompt_tokens", "input_tokens")
+        ) or (
+            output_tokens is None and _sent(obj, "completion_tokens", "output_tokens")
+        )
+        if input_tokens is None and output_tokens is None and not unreadable:
+            if obj.get("total_tokens") is None:
+                return None
+            unreadable = True
+        if unreadable:
+            return Usage(unreadable=True)
 
     input_tokens = input_tokens or 0
     output_tokens = output_tokens or 0
@@ -170,10 +188,18 @@ def estimate_tokens(n_bytes: int) -> int:
 
 
 def _count(value: Any) -> int | None:
-    # Exact type check: bool is an int, and a float count is not a count.
-    if type(value) is int and 0 <= value <= MAX_TOKENS:
-        return value
+    # Exact type checks: bool is an int, and is not a count.
+    if type(value) is int:
+        return value if 0 <= value <= MAX_TOKENS else None
+    # JSON has numbers, not integers: 12.0 is twelve.
+    if type(value) is float and value.is_integer() and 0 <= value <= MAX_TOKENS:
+        return int(value)
     return None
+
+
+def _sent(obj: dict[str, Any], *keys: str) -> bool:
+    """Whether any of *keys* holds something other than null."""
+    return any(obj.get(key) is not None for key in keys)
 
 
 def _detail(obj: dict[str, Any], details: str, key: str) -> int | None:

@@ -219,6 +219,76 @@ async def test_malformed_json_with_200_is_relayed_and_billed_as_estimated(
     assert row["model"] == "gpt-4o-mini"
 
 
+UNREADABLE_USAGE = {"prompt_tokens": "12", "completion_tokens": 5, "total_tokens": 17}
+
+
+async def test_a_body_whose_usage_is_unreadable_is_relayed_and_billed_as_estimated(
+    gateway: Gateway,
+    fake: FakeUpstream,
+    db_pool: asyncpg.Pool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = await gateway()
+    body = orjson.dumps(
+        {
+            "id": "chatcmpl-x",
+            "object": "chat.completion",
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "hi"}}
+            ],
+            "usage": UNREADABLE_USAGE,
+        }
+    )
+    fake.fail_next(200, body=body)
+
+    resp = await client.post(CHAT, json=chat_body())
+
+    assert await resp.read() == body
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["status"], row["error"]) == (200, "usage_unreadable")
+    assert row["usage_estimated"]
+    assert not row["usage_complete"]
+    assert row["input_tokens"] > 0
+    assert row["output_tokens"] == estimate_tokens(len(body))
+    assert row["total_cost_usd"] > 0
+    unreadable = [r for r in caplog.records if "can be priced" in r.getMessage()]
+    assert len(unreadable) == 1
+
+
+async def test_a_stream_whose_usage_is_unreadable_is_billed_as_estimated(
+    gateway: Gateway,
+    fake: FakeUpstream,
+    db_pool: asyncpg.Pool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = await gateway()
+    chunk = {"id": "c", "model": "gpt-4o-mini-2024-07-18", "object": "x"}
+    events = [
+        b"data: "
+        + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {"content": "a"}}]})
+        + b"\n\n",
+        b"data: " + orjson.dumps({**chunk, "choices": [], "usage": UNREADABLE_USAGE}),
+        b"\n\ndata: [DONE]\n\n",
+    ]
+    fake.stream_next(events)
+
+    resp = await client.post(CHAT, json=chat_body(stream=True))
+    got, broken = await read_until_cut(resp)
+
+    assert not broken
+    # The client did not ask for usage: the chunk that carries it stays hidden.
+    assert got == events[0] + b"data: [DONE]\n\n"
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["status"], row["error"]) == (200, "usage_unreadable")
+    assert row["usage_estimated"]
+    assert not row["usage_complete"]
+    assert row["input_tokens"] > 0
+    assert row["output_tokens"] == 2
+    unreadable = [r for r in caplog.records if "can be priced" in r.getMessage()]
+    assert len(unreadable) == 1
+
+
 @pytest.mark.parametrize(
     ("events", "finished"),
     [

@@ -142,14 +142,65 @@ def test_parts_are_cut_down_to_their_whole() -> None:
     assert usage_from_object(obj) == Usage(5, 5, 2, 2, 7)
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [-1, 1.5, 12.0, "12", None, True, [12], {"n": 12}, MAX_TOKENS + 1, 10**30],
-)
-def test_a_bad_count_is_ignored(bad: object) -> None:
-    obj = {"prompt_tokens": bad, "completion_tokens": 4, "total_tokens": bad}
+BAD_COUNTS = [-1, 1.5, "12", True, [12], {"n": 12}, MAX_TOKENS + 1, 10**30]
 
-    assert usage_from_object(obj) == Usage(0, 0, 4, 0, 4)
+
+@pytest.mark.parametrize("bad", BAD_COUNTS)
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"prompt_tokens": "BAD", "completion_tokens": 4, "total_tokens": 4},
+        {"prompt_tokens": 3, "completion_tokens": "BAD"},
+        {"input_tokens": "BAD", "output_tokens": 4},
+        {"input_tokens": 3, "output_tokens": "BAD", "total_tokens": 7},
+        {"prompt_tokens": "BAD"},
+        {"total_tokens": "BAD"},
+    ],
+)
+def test_a_count_that_is_not_a_count_makes_the_usage_unreadable(
+    obj: dict[str, object], bad: object
+) -> None:
+    """Taken as 0, it would be priced as nothing and stored as reported."""
+    sent = {key: bad if value == "BAD" else value for key, value in obj.items()}
+
+    assert usage_from_object(sent) == Usage(unreadable=True)
+
+
+def test_a_total_without_its_parts_is_unreadable() -> None:
+    assert usage_from_object({"total_tokens": 50}) == Usage(unreadable=True)
+
+
+@pytest.mark.parametrize("bad", [*BAD_COUNTS, None])
+def test_a_total_that_is_not_a_count_is_the_sum_of_its_parts(bad: object) -> None:
+    obj = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": bad}
+
+    assert usage_from_object(obj) == Usage(3, 0, 4, 0, 7)
+
+
+@pytest.mark.parametrize("bad", BAD_COUNTS)
+def test_a_detail_that_is_not_a_count_is_taken_as_none(bad: object) -> None:
+    """Cached input then costs the full input rate: never less than it did."""
+    obj = {
+        "prompt_tokens": 5,
+        "completion_tokens": 2,
+        "prompt_tokens_details": {"cached_tokens": bad},
+        "completion_tokens_details": {"reasoning_tokens": bad},
+    }
+
+    assert usage_from_object(obj) == Usage(5, 0, 2, 0, 7)
+
+
+def test_a_null_count_is_not_reported() -> None:
+    obj = {"prompt_tokens": 3, "completion_tokens": None, "total_tokens": None}
+
+    assert usage_from_object(obj) == Usage(3, 0, 0, 0, 3)
+
+
+@pytest.mark.parametrize(("value", "count"), [(12.0, 12), (0.0, 0), (1e3, 1000)])
+def test_a_whole_number_written_as_a_float_is_a_count(value: float, count: int) -> None:
+    obj = {"prompt_tokens": value, "completion_tokens": value, "total_tokens": value}
+
+    assert usage_from_object(obj) == Usage(count, 0, count, 0, count)
 
 
 @pytest.mark.parametrize(
@@ -182,10 +233,10 @@ def test_a_model_that_is_not_a_string_is_not_reported() -> None:
     assert usage_from_body(body) == (Usage(1, 0, 0, 0, 1), None, None)
 
 
-def test_huge_integers_in_a_body_are_ignored() -> None:
+def test_huge_integers_in_a_body_make_its_usage_unreadable() -> None:
     body = b'{"usage": {"prompt_tokens": 1234567890123456789012345, "total_tokens": 2}}'
 
-    assert usage_from_body(body) == (Usage(0, 0, 0, 0, 2), None, None)
+    assert usage_from_body(body) == (Usage(unreadable=True), None, None)
 
 
 @pytest.mark.parametrize(
@@ -238,6 +289,7 @@ def test_any_object_gives_a_consistent_usage_or_none(obj: object) -> None:
     usage = usage_from_object(obj)
 
     if usage is not None:
+        assert not usage.unreadable or usage == Usage(unreadable=True)
         assert 0 <= usage.cached_input_tokens <= usage.input_tokens <= MAX_TOKENS
         assert 0 <= usage.reasoning_tokens <= usage.output_tokens <= MAX_TOKENS
         assert usage.total_tokens >= 0
