@@ -91,7 +91,7 @@ def build_steps() -> dict[str, tuple[str, Callable[[], object]]]:
     completion = build_completion()
     events = build_events(10, include_usage=True)
     path = split_target("/v1/chat/completions")
-    model, _ = read_call_options(path.rest, plain_body)
+    model = read_call_options(path.rest, plain_body).model
     target = router.resolve(path, model)
     tags = read_tags(CLIENT_HEADERS)
     now = datetime.now(UTC)

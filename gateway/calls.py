@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -60,6 +60,8 @@ class Call:
     # The size of the body the client sent, for estimates.
     request_bytes: int
     requested_model: str | None = None
+    # The body asked for ``stream: true``.
+    stream_asked: bool = False
     hide_usage_chunk: bool = False
     # Outcome, as far as it got.
     status: int = 0
@@ -122,9 +124,22 @@ async def read_body(request: Incoming, max_bytes: int) -> bytes:
         raise BodyTooLarge(f"the request body is over {max_bytes} bytes") from exc
 
 
-def read_call_options(rest: str, body: bytes) -> tuple[str | None, bytes | None]:
+class CallOptions(NamedTuple):
+    """What a call's body asks for, as far as the gateway cares."""
+
+    model: str | None
+    # The body to send instead, when usage must be asked for; else None.
+    changed: bytes | None
+    stream: bool
+
+
+NO_OPTIONS = CallOptions(None, None, False)
+
+
+def read_call_options(rest: str, body: bytes) -> CallOptions:
     """
-    Return the requested model and, when usage must be asked for, the new body.
+    Return the requested model, whether a stream is asked for and, when usage
+    must be asked for, the new body.
 
     A body that is not a JSON object is forwarded as it is: the upstream
     answers it the way it would without the gateway.
@@ -132,29 +147,31 @@ def read_call_options(rest: str, body: bytes) -> tuple[str | None, bytes | None]
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None, None
+        return NO_OPTIONS
     if not isinstance(obj, dict):
-        return None, None
+        return NO_OPTIONS
     model = model_name(obj.get("model"))
-    if rest not in USAGE_OPTION_ENDPOINTS or obj.get("stream") is not True:
-        return model, None
+    stream = obj.get("stream") is True
+    if not stream or rest not in USAGE_OPTION_ENDPOINTS:
+        return CallOptions(model, None, stream)
     if "stream_options" not in obj:
         # The usual case: one key put first, every byte the client sent kept
         # (orjson would turn an integer past 64 bits into a float).
         start = body.index(b"{") + 1
-        return model, body[:start] + INCLUDE_USAGE + body[start:]
+        return CallOptions(model, body[:start] + INCLUDE_USAGE + body[start:], True)
     options = obj["stream_options"]
     if options is None:
         options = {}
     elif not isinstance(options, dict) or options.get("include_usage") is True:
         # Already asked for, or not ours to fix: the upstream judges it.
-        return model, None
+        return CallOptions(model, None, True)
     # Rewritten whole, by the standard library, which keeps every integer and
     # every number's value (its spelling may change: 1e0 becomes 1.0).
     exact = json.loads(body)
     exact["stream_options"] = {**options, "include_usage": True}
 
-    return model, json.dumps(exact, ensure_ascii=False, separators=(",", ":")).encode()
+    changed = json.dumps(exact, ensure_ascii=False, separators=(",", ":"))
+    return CallOptions(model, changed.encode(), True)
 
 
 def take_body_usage(call: Call, body: bytes) -> None:

@@ -46,6 +46,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.calls import (
+    NO_OPTIONS,
     Call,
     build_record,
     check_gateway_key,
@@ -78,6 +79,7 @@ from gateway.upstream import (
 log = logging.getLogger(__name__)
 
 EVENT_STREAM = "text/event-stream"
+JSON = "application/json"
 # Failures that mean the request never left the gateway.
 NEVER_SENT = (CannotConnect, InvalidRequestHeader)
 # Recorded for a call whose client left before any status was known (nginx's).
@@ -294,13 +296,12 @@ async def admit(request: Incoming, proxy: Proxy) -> Call:
 
         # A GET on an accounted path (none exists today) is relayed without a row.
         accounted = request.method == "POST" and path.rest in ACCOUNTED_ENDPOINTS
-        model: str | None = None
-        hide_usage_chunk = False
+        options = NO_OPTIONS
         if accounted and body:
-            model, changed = read_call_options(path.rest, body)
-            if changed is not None:
-                body, hide_usage_chunk = changed, True
-        target = proxy.router.resolve(path, model)
+            options = read_call_options(path.rest, body)
+            if options.changed is not None:
+                body = options.changed
+        target = proxy.router.resolve(path, options.model)
 
         if accounted:
             for check in request.app[ADMISSION]:
@@ -318,8 +319,9 @@ async def admit(request: Incoming, proxy: Proxy) -> Call:
         key_label=key_label,
         body=body,
         request_bytes=request.content_length or len(body),
-        requested_model=model,
-        hide_usage_chunk=hide_usage_chunk,
+        requested_model=options.model,
+        stream_asked=options.stream,
+        hide_usage_chunk=options.changed is not None,
         client_s=read_s,
     )
 
@@ -348,11 +350,26 @@ async def relay(request: Incoming, call: Call) -> web.StreamResponse | StreamedA
         answer_headers[REQUEST_ID_HEADER] = call.request_id
         # Only an accounted JSON answer is read whole (its usage is at the
         # end); everything else flows through as it arrives.
-        if call.accounted and reply.content_type != EVENT_STREAM:
+        if call.accounted and reads_whole(call, reply):
             return await relay_whole(call, reply, answer_headers)
         return await relay_stream(request, call, reply, answer_headers, sent)
     finally:
         reply.release()
+
+
+def reads_whole(call: Call, reply: Reply) -> bool:
+    """Whether an accounted answer is one body to read whole, not a stream."""
+    kind = reply.content_type
+    if kind == EVENT_STREAM:
+        return False
+    # A success asked for as a stream is one, whatever its label (some
+    # upstreams say text/plain), unless it is JSON: the stream was ignored.
+    return not (
+        call.stream_asked
+        and 200 <= reply.status < 300
+        and kind != JSON
+        and not kind.endswith("+json")
+    )
 
 
 async def relay_whole(

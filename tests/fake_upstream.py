@@ -130,9 +130,27 @@ class FakeUpstream:
         self.faults.append(Fault(hold_after_events=after_events, release=release))
         return release
 
-    def stream_next(self, events: list[bytes]) -> None:
-        """Answer the next request with *events* as they are, whatever it asked."""
-        self.faults.append(Fault(raw_events=events))
+    def stream_next(
+        self,
+        events: list[bytes],
+        headers: dict[str, str] | None = None,
+        hold_after_events: int | None = None,
+    ) -> asyncio.Event:
+        """
+        Answer the next request with *events* as they are, whatever it asked,
+        under *headers*; after *hold_after_events* of them, wait for the
+        event returned.
+        """
+        release = asyncio.Event()
+        self.faults.append(
+            Fault(
+                raw_events=events,
+                headers=headers or {},
+                hold_after_events=hold_after_events,
+                release=release,
+            )
+        )
+        return release
 
     def stream_endlessly_next(self, piece: bytes, every_s: float = 0.0) -> None:
         """Answer the next request with *piece* repeated until the reader leaves."""
@@ -502,6 +520,7 @@ class FakeUpstream:
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
                 "Cache-Control": "no-cache",
+                **fault.headers,
             }
         )
         await response.prepare(request)

@@ -23,9 +23,9 @@ KEYS = [(b"gk-alpha", "alpha"), (b"gk-beta", "")]
 def test_stream_without_usage_option_gets_it_upstream() -> None:
     body = b'{"model":"gpt-4o-mini","stream":true,"messages":[]}'
 
-    model, changed = read_call_options("chat/completions", body)
+    model, changed, stream = read_call_options("chat/completions", body)
 
-    assert model == "gpt-4o-mini"
+    assert (model, stream) == ("gpt-4o-mini", True)
     assert changed is not None
     assert orjson.loads(changed)["stream_options"] == {"include_usage": True}
 
@@ -33,7 +33,7 @@ def test_stream_without_usage_option_gets_it_upstream() -> None:
 def test_explicit_false_is_overridden_and_other_options_kept() -> None:
     body = b'{"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1}}'
 
-    _, changed = read_call_options("completions", body)
+    _, changed, _ = read_call_options("completions", body)
 
     assert changed is not None
     assert orjson.loads(changed)["stream_options"] == {"include_usage": True, "x": 1}
@@ -46,7 +46,7 @@ def test_asking_for_usage_leaves_every_other_byte_as_the_client_sent_it() -> Non
         b' "temperature": 1e0, "top_p": 0.10000000000000001, "user": "\\u00e9"}'
     )
 
-    _, changed = read_call_options("chat/completions", body)
+    _, changed, _ = read_call_options("chat/completions", body)
 
     assert changed == b' {"stream_options":{"include_usage":true},' + body[2:]
 
@@ -57,7 +57,7 @@ def test_options_already_there_keep_the_values_the_client_sent() -> None:
         b'"stream_options":{"include_usage":false}}'
     )
 
-    _, changed = read_call_options("chat/completions", body)
+    _, changed, _ = read_call_options("chat/completions", body)
 
     assert changed is not None
     sent = json.loads(changed)
@@ -66,26 +66,33 @@ def test_options_already_there_keep_the_values_the_client_sent() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rest", "body"),
+    ("rest", "body", "stream"),
     [
         (
             "chat/completions",
             b'{"model":"m","stream":true,"stream_options":{"include_usage":true}}',
+            True,
         ),
-        ("chat/completions", b'{"model":"m"}'),
-        ("chat/completions", b'{"model":"m","stream":"yes"}'),
-        ("chat/completions", b'{"model":"m","stream":true,"stream_options":"odd"}'),
-        ("responses", b'{"model":"m","stream":true}'),
-        ("embeddings", b'{"model":"m","input":"x"}'),
+        ("chat/completions", b'{"model":"m"}', False),
+        ("chat/completions", b'{"model":"m","stream":"yes"}', False),
+        (
+            "chat/completions",
+            b'{"model":"m","stream":true,"stream_options":"odd"}',
+            True,
+        ),
+        ("responses", b'{"model":"m","stream":true}', True),
+        ("embeddings", b'{"model":"m","input":"x"}', False),
     ],
 )
-def test_bodies_that_need_nothing_are_forwarded_as_sent(rest: str, body: bytes) -> None:
-    assert read_call_options(rest, body) == ("m", None)
+def test_bodies_that_need_nothing_are_forwarded_as_sent(
+    rest: str, body: bytes, stream: bool
+) -> None:
+    assert read_call_options(rest, body) == ("m", None, stream)
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe"])
 def test_a_body_that_is_not_a_json_object_is_left_alone(body: bytes) -> None:
-    assert read_call_options("chat/completions", body) == (None, None)
+    assert read_call_options("chat/completions", body) == (None, None, False)
 
 
 def test_gateway_key_gives_its_label() -> None:

@@ -289,6 +289,61 @@ async def test_a_stream_whose_usage_is_unreadable_is_billed_as_estimated(
     assert len(unreadable) == 1
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream"])
+async def test_a_stream_under_another_content_type_is_still_streamed_and_read(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool, content_type: str
+) -> None:
+    """Asked for with ``stream: true``, it is relayed as it comes, usage and all."""
+    client = await gateway()
+    chunk = {"id": "c", "model": "gpt-4o-mini-2024-07-18", "object": "x"}
+    usage = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
+    events = [
+        b"data: "
+        + orjson.dumps({**chunk, "choices": [{"index": 0, "delta": {"content": "a"}}]})
+        + b"\n\n",
+        b"data: " + orjson.dumps({**chunk, "choices": [], "usage": usage}) + b"\n\n",
+        b"data: [DONE]\n\n",
+    ]
+    release = fake.stream_next(
+        events, headers={"Content-Type": content_type}, hold_after_events=1
+    )
+
+    try:
+        # Held back until the whole answer came, it would never come.
+        async with asyncio.timeout(5):
+            resp = await client.post(CHAT, json=chat_body(stream=True))
+            first = await resp.content.readexactly(len(events[0]))
+    finally:
+        release.set()
+    rest = await resp.read()
+
+    assert first == events[0]
+    assert rest == events[2]
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert row["streamed"]
+    assert (row["input_tokens"], row["output_tokens"]) == (9, 2)
+    assert row["usage_complete"]
+    assert row["error"] is None
+
+
+async def test_a_json_answer_to_a_stream_request_is_read_whole(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    """An upstream that ignores ``stream: true`` still has its usage read."""
+    client = await gateway()
+
+    resp = await client.post(CHAT, json=chat_body())
+    body = await resp.read()
+    fake.fail_next(200, body=body)
+    again = await client.post(CHAT, json=chat_body(stream=True))
+
+    assert await again.read() == body
+    rows = await stored_rows(client.server.app, db_pool)
+    assert [row["streamed"] for row in rows] == [False, False]
+    assert rows[0]["input_tokens"] == rows[1]["input_tokens"] > 0
+    assert rows[1]["usage_complete"]
+
+
 @pytest.mark.parametrize(
     ("events", "finished"),
     [
