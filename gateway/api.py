@@ -36,8 +36,20 @@ MAX_CYCLES = 500
 MAX_CALLS = 1000
 EXPORT_CHUNK_ROWS = 1000
 FILTER_PARAMS = ("purpose", "model", "ticker", "cycle_id")
-# A spreadsheet runs a cell that starts with one of these as a formula.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A spreadsheet runs a cell that starts with one of these as a formula, also
+# after leading spaces, and some take the full-width forms for the ASCII ones.
+FORMULA_STARTS = (
+    "=",
+    "+",
+    "-",
+    "@",
+    "\t",
+    "\r",
+    "\uff1d",
+    "\uff0b",
+    "\uff0d",
+    "\uff20",
+)
 
 
 class DatabaseUnavailable(GatewayError):
@@ -323,7 +335,9 @@ def csv_cell(value: Any) -> Any:
         return "true" if value else "false"
     if isinstance(value, dict):
         value = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+    if isinstance(value, str) and (
+        value.startswith(FORMULA_STARTS) or value.lstrip().startswith(FORMULA_STARTS)
+    ):
         return "'" + value
     return value
 

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gateway.api import csv_cell
 from gateway.app import create_app
 from gateway.keys import STARTED_AT
 from gateway.record import UsageRecord
@@ -406,6 +407,33 @@ async def test_export_defuses_cells_a_spreadsheet_would_run(
     rows = await read_csv(await client.get("/api/token-usage/export.csv"))
 
     assert rows[0]["purpose"] == '\'=HYPERLINK("http://e")'
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "=1+1",
+        "+1",
+        "-1",
+        "@SUM(A1)",
+        "\tx",
+        "\rx",
+        " =1+1",
+        "\u3000=1+1",
+        "\n@x",
+        "\uff1d1+1",
+        "\uff0b1",
+        "\uff0d1",
+        "\uff20x",
+    ],
+)
+def test_a_cell_a_spreadsheet_would_run_is_defused(text: str) -> None:
+    assert csv_cell(text) == "'" + text
+
+
+@pytest.mark.parametrize("text", ["trade", "a=b", " x", "", "1-2", "\u00e9t\u00e9"])
+def test_other_cells_are_left_as_they_are(text: str) -> None:
+    assert csv_cell(text) == text
 
 
 BAD_PARAMETERS = [
