@@ -26,7 +26,7 @@ from gateway.errors import BodyTooLarge, Unauthorized
 from gateway.pricing import PriceBook
 from gateway.record import UsageRecord
 from gateway.routing import USAGE_OPTION_ENDPOINTS, Target
-from gateway.sse import StreamScanner
+from gateway.sse import BodyTail, StreamScanner
 from gateway.tags import CallTags
 from gateway.upstream import Upstream
 from gateway.usage import Usage, estimate_tokens, model_name, usage_from_body
@@ -177,6 +177,33 @@ def read_call_options(rest: str, body: bytes) -> CallOptions:
 def take_body_usage(call: Call, body: bytes) -> None:
     """Take the usage and model of a whole answer *body* into *call*."""
     usage, model, tier = usage_from_body(body)
+    deferred = (
+        usage is None
+        and call.target.rest == "responses"
+        and _NOT_STARTED.search(body) is not None
+    )
+    take_answer_usage(call, usage, model, tier, len(body), deferred=deferred)
+
+
+def take_tail_usage(call: Call, tail: BodyTail) -> None:
+    """Take what the ends of an answer too large to hold report into *call*."""
+    usage, model, tier = tail.read()
+    take_answer_usage(call, usage, model, tier, tail.size)
+
+
+def take_answer_usage(
+    call: Call,
+    usage: Usage | None,
+    model: str | None,
+    tier: str | None,
+    size: int,
+    *,
+    deferred: bool = False,
+) -> None:
+    """
+    Take an answer's usage, model and tier into *call*; *size* is how many of
+    its bytes were read, and *deferred* says its usage comes later.
+    """
     call.reported_model = model
     call.service_tier = tier
     unreadable = usage is not None and usage.unreadable
@@ -184,20 +211,23 @@ def take_body_usage(call: Call, body: bytes) -> None:
     if call.usage is not None or not 200 <= call.status < 300:
         return
     call.usage_complete = False
-    if call.target.rest == "responses" and _NOT_STARTED.search(body) is not None:
+    if deferred:
         # A background response, answered before any work: its usage goes to
         # whoever retrieves it later, so there is nothing here to estimate.
         call.usage = Usage()
         call.error = "usage_deferred"
+        return
+    # A success without usage: bill what the sizes suggest, say so. An
+    # embedding has no output tokens: its answer is vectors, not text.
+    if call.target.rest != "embeddings":
+        call.output_estimate = estimate_tokens(size)
+    if call.error is not None:
+        # Cut short (a read failed, the client left): that is the error.
+        return
+    if unreadable:
+        name_unreadable(call)
     else:
-        # A success without usage: bill what the sizes suggest, say so. An
-        # embedding has no output tokens: its answer is vectors, not text.
-        if call.target.rest != "embeddings":
-            call.output_estimate = estimate_tokens(len(body))
-        if unreadable:
-            name_unreadable(call)
-        else:
-            call.error = "no_usage"
+        call.error = "no_usage"
 
 
 def take_stream_usage(call: Call, scanner: StreamScanner) -> None:

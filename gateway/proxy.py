@@ -54,6 +54,7 @@ from gateway.calls import (
     read_call_options,
     take_body_usage,
     take_stream_usage,
+    take_tail_usage,
 )
 from gateway.config import Settings
 from gateway.errors import GatewayError, UpstreamError
@@ -66,7 +67,7 @@ from gateway.routing import (
     Router,
     split_target,
 )
-from gateway.sse import StreamScanner
+from gateway.sse import BodyTail, StreamScanner
 from gateway.tags import REQUEST_ID_HEADER, read_request_id, read_tags
 from gateway.upstream import (
     Upstream,
@@ -79,6 +80,8 @@ from gateway.upstream import (
 log = logging.getLogger(__name__)
 
 EVENT_STREAM = "text/event-stream"
+# An accounted JSON answer longer than this is relayed as it comes, not held.
+MAX_WHOLE_BYTES = 1 << 20
 JSON = "application/json"
 # Failures that mean the request never left the gateway.
 NEVER_SENT = (CannotConnect, InvalidRequestHeader)
@@ -349,8 +352,15 @@ async def relay(request: Incoming, call: Call) -> web.StreamResponse | StreamedA
         answer_headers = headers_for_client(reply.headers, reply.connection)
         answer_headers[REQUEST_ID_HEADER] = call.request_id
         # Only an accounted JSON answer is read whole (its usage is at the
-        # end); everything else flows through as it arrives.
+        # end), and only up to MAX_WHOLE_BYTES; everything else flows through
+        # as it arrives.
         if call.accounted and reads_whole(call, reply):
+            length = reply.content_length
+            if length is not None and length > MAX_WHOLE_BYTES:
+                # Held whole, 60 MB of vectors would cost 120 MB (pieces, joined).
+                return await relay_stream(
+                    request, call, reply, answer_headers, sent, BodyTail()
+                )
             return await relay_whole(call, reply, answer_headers)
         return await relay_stream(request, call, reply, answer_headers, sent)
     finally:
@@ -393,10 +403,12 @@ async def relay_stream(
     reply: Reply,
     headers: CIMultiDict[str],
     sent: float,
+    tail: BodyTail | None = None,
 ) -> StreamedAnswer:
     """
     Relay an answer read by read; an accounted one is an event stream,
-    watched for its usage on the way.
+    watched for its usage on the way, or a JSON answer too large to hold,
+    whose *tail* is watched.
     """
     # The answer's head waits for the first bytes that came with it (from a
     # fast upstream, nearly always): one send to the client instead of two.
@@ -404,13 +416,17 @@ async def relay_stream(
     response = open_stream(request, reply.status, reply.reason, headers)
     head_held = response.holds_head
     scanner: StreamScanner | None = None
-    if call.accounted:
+    watch = None
+    if tail is not None:
+        watch = tail.feed
+    elif call.accounted:
         call.streamed = True
         scanner = StreamScanner(
             responses_api=call.target.rest == RESPONSES_ENDPOINT,
             hide_usage_chunk=call.hide_usage_chunk,
         )
-    elif reply.content_length is not None:
+        watch = scanner.feed
+    if scanner is None and reply.content_length is not None:
         # The bytes go through unchanged, so the upstream's length holds.
         response.content_length = reply.content_length
     last = b""
@@ -450,7 +466,7 @@ async def relay_stream(
                 call.first_byte_s = now - sent
             if not data:
                 break
-            out = scanner.feed(data) if scanner is not None else data
+            out = watch(data) if watch is not None else data
             if reply.at_eof:
                 # The last read: it goes out with the end of the answer, in
                 # one send (the whole answer, when it came in one read).
@@ -468,6 +484,10 @@ async def relay_stream(
             # Recorded before the client sees the end, so that a client that
             # reads the stream to its end and then asks the API finds the row.
             record_call(request.app, call)
+        elif tail is not None:
+            take_tail_usage(call, tail)
+            tail = None
+            record_call(request.app, call)
         waited = perf_counter()
         await response.write_eof(last)
         call.client_s += perf_counter() - waited
@@ -484,6 +504,8 @@ async def relay_stream(
     finally:
         if scanner is not None:
             take_stream_usage(call, scanner)
+        elif tail is not None:
+            take_tail_usage(call, tail)
 
     return response
 

@@ -71,6 +71,10 @@ MAX_EVENT_BYTES = 1 << 20
 # and a window at its end (the response's last keys: tier, usage) are kept.
 _HEAD_BYTES = 4096
 FINAL_WINDOW_BYTES = 256 * 1024
+# Of a JSON answer too large to hold whole, the first bytes are kept for its
+# model (chat names it before the choices; a Responses answer after its
+# instructions, which may be long).
+BODY_HEAD_BYTES = 16 * 1024
 
 _FINAL_TYPES = frozenset(
     {"response.completed", "response.incomplete", "response.failed"}
@@ -82,6 +86,7 @@ _FINAL_TOKENS = tuple(f'"{name}"'.encode() for name in sorted(_FINAL_TYPES))
 _NULL_USAGE = b',"usage":null'
 _USAGE_KEY = b'"usage"'
 _MODEL_KEY = b'"model"'
+_TIER_KEY = b'"service_tier"'
 _DONE = b"[DONE]"
 # Bytes that may sit between a JSON key and its value.
 _KEY_GAP = b" \t:"
@@ -482,23 +487,71 @@ class StreamScanner:
         self.finished = True
         if self.model is None:
             self.model = _string_after_key(head, _MODEL_KEY, 0, len(head))
-        found = _find_last_usage_object(window)
-        if found == -1:
+        usage = _last_usage(window)
+        if usage is None:
             return
-        text = window[window.index(b"{", found) :].decode("utf-8", "replace")
-        try:
-            obj, _ = json.JSONDecoder().raw_decode(text)
-        except ValueError:
-            return
-        usage = usage_from_object(obj)
-        if usage is not None:
-            self.usage = usage
-        tier = window.rfind(b'"service_tier"')
-        self.service_tier = (
-            None
-            if tier == -1
-            else _string_after_key(window, b'"service_tier"', tier, len(window))
-        )
+        self.usage = usage
+        self.service_tier = _last_tier(window)
+
+
+class BodyTail:
+    """
+    Watch a JSON answer too large to hold whole for its usage, model and tier.
+
+    ``feed`` returns what it is given; it keeps the first ``BODY_HEAD_BYTES``
+    (where the model is, in chat answers) and the last ``FINAL_WINDOW_BYTES``
+    (where the usage and tier are, in every OpenAI-style answer: after the
+    choices, the vectors or the output).
+    """
+
+    __slots__ = ("_window", "head", "size")
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.size = 0
+        self._window = bytearray()
+
+    def feed(self, data: bytes) -> bytes:
+        self.size += len(data)
+        if len(self.head) < BODY_HEAD_BYTES:
+            self.head += data[: BODY_HEAD_BYTES - len(self.head)]
+        window = self._window
+        window += data
+        # Cut back only once it is twice its size: each byte is copied about once.
+        if len(window) > 2 * FINAL_WINDOW_BYTES:
+            del window[:-FINAL_WINDOW_BYTES]
+        return data
+
+    def read(self) -> tuple[Usage | None, str | None, str | None]:
+        """Return the usage, model and tier the answer's ends report."""
+        window = bytes(self._window[-FINAL_WINDOW_BYTES:])
+        model = _string_after_key(self.head, _MODEL_KEY, 0, len(self.head))
+        if model is None:
+            at = window.rfind(_MODEL_KEY)
+            model = (
+                None
+                if at == -1
+                else _string_after_key(window, _MODEL_KEY, at, len(window))
+            )
+        return _last_usage(window), model, _last_tier(window)
+
+
+def _last_usage(window: bytes) -> Usage | None:
+    """Return the usage of the last ``"usage"`` object in *window*, if any."""
+    found = _find_last_usage_object(window)
+    if found == -1:
+        return None
+    text = window[window.index(b"{", found) :].decode("utf-8", "replace")
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return None
+    return usage_from_object(obj)
+
+
+def _last_tier(window: bytes) -> str | None:
+    at = window.rfind(_TIER_KEY)
+    return None if at == -1 else _string_after_key(window, _TIER_KEY, at, len(window))
 
 
 def _event_ends(buf: bytes | bytearray, start: int) -> Iterator[int]:

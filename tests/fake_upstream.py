@@ -406,13 +406,16 @@ class FakeUpstream:
     def embeddings(self, payload: dict[str, Any]) -> web.Response:
         inputs = payload.get("input")
         count = len(inputs) if isinstance(inputs, list) else 1
-        vector = [0.25, -0.5, 0.125]
+        dimensions = payload.get("dimensions")
+        size = dimensions if isinstance(dimensions, int) and dimensions > 0 else 3
+        vector = ([0.25, -0.5, 0.125] * size)[:size]
         as_base64 = payload.get("encoding_format") == "base64"
         data = []
         for i in range(count):
             embedding: Any = vector
             if as_base64:
-                embedding = base64.b64encode(struct.pack("<3f", *vector)).decode()
+                packed = struct.pack(f"<{size}f", *vector)
+                embedding = base64.b64encode(packed).decode()
             data.append({"object": "embedding", "index": i, "embedding": embedding})
         usage = {
             "prompt_tokens": self.prompt_tokens,

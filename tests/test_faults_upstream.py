@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import create_app
+from gateway.proxy import MAX_WHOLE_BYTES
 from gateway.sse import MAX_EVENT_BYTES, StreamScanner
 from gateway.usage import estimate_tokens
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, Fault
 from tests.harness import (
     BOTH_FRONT_DOORS,
     CHAT,
@@ -342,6 +343,68 @@ async def test_a_json_answer_to_a_stream_request_is_read_whole(
     assert [row["streamed"] for row in rows] == [False, False]
     assert rows[0]["input_tokens"] == rows[1]["input_tokens"] > 0
     assert rows[1]["usage_complete"]
+
+
+def large_completion(padding: int) -> bytes:
+    answer = {
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"content": "x" * padding}}],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 3, "total_tokens": 43},
+        "service_tier": "default",
+    }
+    return orjson.dumps(answer)
+
+
+async def test_a_json_answer_over_a_mebibyte_is_relayed_as_it_comes(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    client = await gateway()
+    body = large_completion(MAX_WHOLE_BYTES)
+    half = len(body) // 2
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+    release = fake.stream_next([body[:half], body[half:]], headers, hold_after_events=1)
+
+    try:
+        # Held until the whole answer came, it would never come.
+        async with asyncio.timeout(5):
+            resp = await client.post(CHAT, json=chat_body())
+            first = await resp.content.readexactly(half)
+    finally:
+        release.set()
+    rest = await resp.read()
+
+    assert first + rest == body
+    assert resp.headers["Content-Length"] == str(len(body))
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert (row["input_tokens"], row["output_tokens"]) == (40, 3)
+    assert (row["model"], row["service_tier"]) == ("gpt-4o-mini-2024-07-18", "default")
+    assert (row["streamed"], row["usage_complete"], row["error"]) == (False, True, None)
+
+
+async def test_a_json_answer_over_a_mebibyte_cut_short_is_estimated(
+    gateway: Gateway, fake: FakeUpstream, db_pool: asyncpg.Pool
+) -> None:
+    client = await gateway()
+    body = large_completion(2 * MAX_WHOLE_BYTES)
+    half = len(body) // 2
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+    fake.faults.append(
+        Fault(
+            raw_events=[body[:half], body[half:]], headers=headers, reset_after_events=1
+        )
+    )
+
+    resp = await client.post(CHAT, json=chat_body())
+    got, broken = await read_until_cut(resp)
+
+    assert broken
+    assert got == body[: len(got)]
+    (row,) = await stored_rows(client.server.app, db_pool)
+    assert row["error"] == "upstream_reset"
+    assert (row["usage_complete"], row["usage_estimated"]) == (False, True)
+    assert row["output_tokens"] == estimate_tokens(half)
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,10 @@ the fixed call time below, which is in DeepSeek's standard-price hours).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import struct
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,6 +27,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import create_app
 from gateway.errors import BudgetExceeded
 from gateway.keys import ADMISSION, METRICS, RECORDER
+from gateway.proxy import MAX_WHOLE_BYTES
 from tests.fake_upstream import FakeUpstream
 from tests.fixtures import recorded
 from tests.harness import BOTH_FRONT_DOORS, serving, upstreams_at
@@ -291,6 +294,36 @@ async def test_embeddings_record_prompt_tokens(
         8,
         0,
     )
+    assert_cost(row, EMBEDDING_3_SMALL)
+
+
+@pytest.mark.parametrize("encoding_format", ["float", "base64"])
+async def test_embeddings_answers_too_large_to_hold_keep_their_usage(
+    gateway: Gateway, fake: FakeUpstream, rows: Any, encoding_format: str
+) -> None:
+    """Past a mebibyte an answer is relayed as it comes; its end has the usage."""
+    client = await gateway()
+    fake.prompt_tokens = 900
+
+    async with openai_client(client) as oai:
+        raw = await oai.embeddings.with_raw_response.create(
+            model="text-embedding-3-small",
+            input=["word"] * 300,
+            dimensions=1536,
+            encoding_format=encoding_format,  # type: ignore[arg-type]
+        )
+    result = raw.parse()
+
+    assert int(raw.headers["content-length"]) > MAX_WHOLE_BYTES
+    assert len(result.data) == 300
+    last = result.data[299].embedding
+    if isinstance(last, str):
+        last = list(struct.unpack("<1536f", base64.b64decode(last)))
+    assert last[:3] == [0.25, -0.5, 0.125]
+    (row,) = await rows(client)
+    assert (row["input_tokens"], row["output_tokens"]) == (900, 0)
+    assert row["model"] == "text-embedding-3-small"
+    assert (row["usage_complete"], row["usage_estimated"]) == (True, False)
     assert_cost(row, EMBEDDING_3_SMALL)
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gateway import sse
 from gateway.sse import MAX_EVENT_BYTES, StreamScanner
-from gateway.usage import Usage
+from gateway.usage import Usage, usage_from_body
 from tests.fixtures import recorded
 
 STREAMS = {
@@ -754,3 +754,60 @@ def test_a_tier_on_chunks_without_usage_is_not_taken() -> None:
 
     assert scanner.usage is None
     assert scanner.service_tier is None
+
+
+# -- a JSON answer too large to hold whole ---------------------------------
+
+
+def large_answer(kind: str, padding: int, tier: str | None) -> bytes:
+    """A chat or embeddings answer made *padding* bytes larger by its content."""
+    usage = {"prompt_tokens": 1200, "completion_tokens": 34, "total_tokens": 1234}
+    if kind == "chat":
+        content = "usage " * (padding // 6)
+        answer: dict[str, object] = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [{"index": 0, "message": {"content": content}}],
+            "usage": {**usage, "prompt_tokens_details": {"cached_tokens": 1024}},
+        }
+    else:
+        vector = [0.015625] * (padding // 10)
+        answer = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": vector}],
+            "model": "text-embedding-3-small",
+            "usage": {"prompt_tokens": 1200, "total_tokens": 1200},
+        }
+    if tier is not None:
+        answer["service_tier"] = tier
+    return orjson.dumps(answer, option=orjson.OPT_INDENT_2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    kind=st.sampled_from(["chat", "embeddings"]),
+    padding=st.sampled_from([0, 5_000, 300_000, 1_500_000]),
+    tier=st.sampled_from([None, "default", "flex"]),
+    cuts=st.lists(st.floats(min_value=0, max_value=1), max_size=6),
+)
+def test_a_large_answer_read_in_any_pieces_gives_what_the_whole_gives(
+    kind: str, padding: int, tier: str | None, cuts: list[float]
+) -> None:
+    body = large_answer(kind, padding, tier)
+    points = sorted({0, len(body), *(int(c * len(body)) for c in cuts)})
+    watcher = sse.BodyTail()
+
+    relayed = b"".join(watcher.feed(body[a:b]) for a, b in itertools.pairwise(points))
+
+    assert relayed == body
+    assert watcher.size == len(body)
+    assert watcher.read() == usage_from_body(body)
+    assert watcher.read()[0] is not None
+
+
+def test_a_large_answer_without_usage_gives_none() -> None:
+    watcher = sse.BodyTail()
+    watcher.feed(b'{"model": "m", "data": "' + b"x" * 600_000 + b'"}')
+
+    assert watcher.read() == (None, "m", None)
