@@ -163,6 +163,9 @@ def render_call(row: Mapping[str, Any]) -> dict[str, Any]:
         "output_tokens": row["output_tokens"],
         "reasoning_tokens": row["reasoning_tokens"],
         "cost": usd(row["total_cost_usd"]),
+        "fee_cost": usd(row["fee_cost_usd"]),
+        "web_search_calls": row["web_search_calls"],
+        "file_search_calls": row["file_search_calls"],
         "service_tier": row["service_tier"],
         "response_time_ms": row["response_time_ms"],
         "status": row["status"],
@@ -401,6 +404,7 @@ async def post_usage(request: web.Request) -> web.Response:
         "cost_usd": usd(answer.total_cost_usd),
         "input_cost_usd": usd(answer.input_cost_usd),
         "output_cost_usd": usd(answer.output_cost_usd),
+        "fee_cost_usd": usd(answer.fee_cost_usd),
         "price_source": answer.price_source,
         "duplicate": duplicate,
     }

@@ -173,6 +173,16 @@ class ModelPrice(TierPrice):
         default_factory=dict,
         description="Prices at the service tiers the upstream names (flex, ...).",
     )
+    web_search: Decimal | None = Field(
+        None,
+        ge=0,
+        description="USD per thousand web search calls (the catalog's if unset).",
+    )
+    file_search: Decimal | None = Field(
+        None,
+        ge=0,
+        description="USD per thousand file search calls (the catalog's if unset).",
+    )
 
     @field_validator("service_tiers")
     @classmethod

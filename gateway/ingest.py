@@ -79,6 +79,8 @@ FIELDS = frozenset(
         "upstream",
         "provider",
         "service_tier",
+        "web_search_calls",
+        "file_search_calls",
     }
 )
 
@@ -99,6 +101,7 @@ class Ingested:
     input_cost_usd: Decimal | None
     output_cost_usd: Decimal | None
     total_cost_usd: Decimal | None
+    fee_cost_usd: Decimal | None
     price_source: str | None
 
 
@@ -282,6 +285,8 @@ def build_record(body: Any, now: datetime) -> tuple[UsageRecord, str | None]:
         cycle_id=read_text(body, "cycle_id", MAX_TAG_CHARS),
         response_time_ms=read_response_time_ms(body),
         service_tier=read_service_tier(body),
+        web_search_calls=read_count(body, "web_search_calls", required=False),
+        file_search_calls=read_count(body, "file_search_calls", required=False),
     )
     return record, read_text(body, "provider", MAX_NAME_CHARS)
 
@@ -313,6 +318,8 @@ def price(app: web.Application, record: UsageRecord, provider: str | None) -> No
         output_tokens=record.output_tokens,
         reasoning_tokens=record.reasoning_tokens,
         total_tokens=record.total_tokens,
+        web_search_calls=record.web_search_calls,
+        file_search_calls=record.file_search_calls,
     )
     cost = app[PRICES].cost(
         record.model,
@@ -325,6 +332,7 @@ def price(app: web.Application, record: UsageRecord, provider: str | None) -> No
         record.input_cost_usd = cost.input_usd
         record.output_cost_usd = cost.output_usd
         record.total_cost_usd = cost.total_usd
+        record.fee_cost_usd = cost.fee_usd
         record.price_source = cost.source
 
 
@@ -335,6 +343,7 @@ def answer_of(row: Any) -> Ingested:
         input_cost_usd=row["input_cost_usd"],
         output_cost_usd=row["output_cost_usd"],
         total_cost_usd=row["total_cost_usd"],
+        fee_cost_usd=row["fee_cost_usd"],
         price_source=row["price_source"],
     )
 
@@ -426,6 +435,7 @@ def ingested(record: UsageRecord, row_id: int | None) -> Ingested:
         input_cost_usd=record.input_cost_usd,
         output_cost_usd=record.output_cost_usd,
         total_cost_usd=record.total_cost_usd,
+        fee_cost_usd=record.fee_cost_usd,
         price_source=record.price_source,
     )
 

@@ -161,6 +161,16 @@ SCHEMAS: dict[str, Schema] = {
             "output_tokens": INTEGER,
             "reasoning_tokens": INTEGER,
             "cost": nullable({**USD, "description": "null when unpriced."}),
+            "fee_cost": nullable(
+                {
+                    **USD,
+                    "description": "Part of cost charged per call (tool calls,"
+                    " request fees); null when unpriced or stored before fees"
+                    " were priced.",
+                }
+            ),
+            "web_search_calls": INTEGER,
+            "file_search_calls": INTEGER,
             "service_tier": nullable(
                 {
                     **TEXT,
@@ -237,6 +247,20 @@ SCHEMAS: dict[str, Schema] = {
                     " priced at that tier's rates.",
                 }
             ),
+            "web_search_calls": nullable(
+                {
+                    **INTEGER,
+                    "maximum": MAX_TOKENS,
+                    "description": "Web search tool calls, priced per call.",
+                }
+            ),
+            "file_search_calls": nullable(
+                {
+                    **INTEGER,
+                    "maximum": MAX_TOKENS,
+                    "description": "File search tool calls, priced per call.",
+                }
+            ),
         },
         required=("model", "input_tokens", "output_tokens"),
     ),
@@ -249,6 +273,7 @@ SCHEMAS: dict[str, Schema] = {
             "cost_usd": nullable(USD),
             "input_cost_usd": nullable(USD),
             "output_cost_usd": nullable(USD),
+            "fee_cost_usd": nullable(USD),
             "price_source": nullable(TEXT),
             "duplicate": {"type": "boolean"},
         }

@@ -27,10 +27,18 @@ Cached input tokens are priced at the cached rate and the rest of the input at
 the input rate; reasoning tokens are part of the output and priced once. Audio
 tokens (part of the input and the output) are priced at the catalog's audio
 rates where the model has them (``gpt-audio``: 32 and 64 USD a million against
-2.50 and 10 for its text), else at the text rates, as are they by an override. The
-arithmetic is Decimal throughout, and each part is rounded to 12 places (the
-``numeric(20,12)`` columns), half to even; the total is the sum of the rounded
-parts, so it always equals input plus output.
+2.50 and 10 for its text), else at the text rates, as are they by an override.
+
+Some charges are per call, not per token: the built-in tools a Responses call
+ran (web search at 10 USD a thousand calls for most OpenAI models, file search
+at 2.50), and the per-request fee some catalog models carry (Perplexity's
+``sonar``: 12 USD a thousand requests). They are the call's fee, priced at the
+catalog's rates or an override's ``web_search`` / ``file_search`` rates (the
+catalog's where the override names none).
+
+The arithmetic is Decimal throughout, and each part is rounded to 12 places
+(the ``numeric(20,12)`` columns), half to even; the total is the sum of the
+rounded parts, so it always equals input plus output plus fee.
 """
 
 from __future__ import annotations
@@ -68,6 +76,8 @@ STANDARD_TIERS = frozenset({"default", "auto"})
 # digits, so 40 digits hold every product exactly.
 _CONTEXT = Context(prec=40, rounding=ROUND_HALF_EVEN)
 _ZERO = Decimal(0)
+# No fee, to the places every stored part has.
+_NO_FEE = _ZERO.quantize(USD_PLACES)
 
 # Catalog price keys the gateway prices itself. Any other key that a reported
 # usage could touch (a text-only input rate, a separate reasoning rate, a
@@ -83,9 +93,12 @@ class Cost:
     # Uncached input at the input rate plus cached input at the cached rate.
     input_usd: Decimal
     output_usd: Decimal
+    # input_usd + output_usd + fee_usd.
     total_usd: Decimal
     # Which prices were used: SOURCE_CONFIG or SOURCE_CATALOG.
     source: str
+    # Charged per call rather than per token: tool calls, request fees.
+    fee_usd: Decimal = _NO_FEE
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +147,9 @@ class PriceBook:
         *service_tier* is the tier the upstream named, None when it named none.
         """
         input_tokens, cached_tokens, output_tokens, reasoning_tokens = _counts(usage)
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        tools = usage.web_search_calls > 0 or usage.file_search_calls > 0
 
         override = self._override(model)
         if override is not None:
@@ -149,14 +165,15 @@ class PriceBook:
                 tier_price.input if cached_rate is None else cached_rate,
                 tier_price.output,
                 SOURCE_CONFIG,
+                self._override_fee(override, model, provider, at, usage)
+                if tools
+                else _NO_FEE,
             )
 
         found = self._catalog_model(provider, model)
         if found is None:
             self._warn_unpriced(model, provider)
             return None
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)
         context = None
         if service_tier is not None:
             if service_tier in found.tiers:
@@ -171,6 +188,9 @@ class PriceBook:
                 output_tokens=output_tokens,
                 output_reasoning_tokens=reasoning_tokens,
             )
+            if tools:
+                counts.web_searches = usage.web_search_calls
+                counts.storage_searches = usage.file_search_calls
             if audio:
                 # Audio is part of the input beside the cached text, at most
                 # what is left of it: a report that says more is cut down.
@@ -195,6 +215,29 @@ class PriceBook:
             input_rate if cached_rate is None else cached_rate,
             _rate(rates.output_mtok, input_tokens) or _ZERO,
             SOURCE_CATALOG,
+            _tool_fee(rates, usage) if tools else _NO_FEE,
+        )
+
+    def _override_fee(
+        self,
+        override: ModelPrice,
+        model: str,
+        provider: str | None,
+        at: datetime,
+        usage: Usage,
+    ) -> Decimal:
+        """The tool calls' fee at *override*'s rates, or the catalog's it omits."""
+        web_rate, file_rate = override.web_search, override.file_search
+        if web_rate is None or file_rate is None:
+            found = self._catalog_model(provider, model)
+            if found is not None:
+                rates = found.model.get_prices(at, None)
+                if web_rate is None:
+                    web_rate = _rate(rates.web_searches_kcount, 0)
+                if file_rate is None:
+                    file_rate = _rate(rates.storage_searches_kcount, 0)
+        return _fee(
+            web_rate, usage.web_search_calls, file_rate, usage.file_search_calls
         )
 
     def _override(self, model: str) -> ModelPrice | None:
@@ -272,10 +315,16 @@ class PriceBook:
         except ValueError:
             self._warn_unpriced(found.model.id, found.provider.id)
             return None
-        input_usd = price.input_price.quantize(USD_PLACES, context=_CONTEXT)
-        output_usd = price.output_price.quantize(USD_PLACES, context=_CONTEXT)
+        ctx = _CONTEXT
+        input_usd = price.input_price.quantize(USD_PLACES, context=ctx)
+        output_usd = price.output_price.quantize(USD_PLACES, context=ctx)
+        # The catalog gives units without a direction (tool calls, requests)
+        # to the total only.
+        fee = ctx.subtract(price.total_price, price.input_price + price.output_price)
+        fee_usd = fee.quantize(USD_PLACES, context=ctx)
+        total_usd = ctx.add(ctx.add(input_usd, output_usd), fee_usd)
 
-        return Cost(input_usd, output_usd, input_usd + output_usd, SOURCE_CATALOG)
+        return Cost(input_usd, output_usd, total_usd, SOURCE_CATALOG, fee_usd)
 
     def _warn_unpriced(self, model: str, provider: str | None) -> None:
         if model in self._warned or len(self._warned) >= MAX_CACHED_MODELS:
@@ -317,6 +366,7 @@ def _price(
     cached_rate: Decimal | None,
     output_rate: Decimal,
     source: str,
+    fee_usd: Decimal = _NO_FEE,
 ) -> Cost:
     # Rates are USD per million tokens: multiply, then shift six places.
     ctx = _CONTEXT
@@ -327,8 +377,33 @@ def _price(
     input_usd = input_usd.scaleb(-6, ctx).quantize(USD_PLACES, context=ctx)
     output_usd = ctx.multiply(output_rate, output_tokens)
     output_usd = output_usd.scaleb(-6, ctx).quantize(USD_PLACES, context=ctx)
+    total_usd = ctx.add(input_usd, output_usd)
+    if fee_usd:
+        total_usd = ctx.add(total_usd, fee_usd)
 
-    return Cost(input_usd, output_usd, ctx.add(input_usd, output_usd), source)
+    return Cost(input_usd, output_usd, total_usd, source, fee_usd)
+
+
+def _tool_fee(rates: catalog.ModelPrice, usage: Usage) -> Decimal:
+    """What *usage*'s tool calls cost at the catalog's *rates*."""
+    return _fee(
+        _rate(rates.web_searches_kcount, 0),
+        usage.web_search_calls,
+        _rate(rates.storage_searches_kcount, 0),
+        usage.file_search_calls,
+    )
+
+
+def _fee(
+    web_rate: Decimal | None, web_calls: int, file_rate: Decimal | None, file_calls: int
+) -> Decimal:
+    # Rates are USD per thousand calls: multiply, then shift three places.
+    ctx = _CONTEXT
+    fee = ctx.add(
+        ctx.multiply(web_rate or _ZERO, min(max(web_calls, 0), MAX_TOKENS)),
+        ctx.multiply(file_rate or _ZERO, min(max(file_calls, 0), MAX_TOKENS)),
+    )
+    return fee.scaleb(-3, ctx).quantize(USD_PLACES, context=ctx)
 
 
 def _rate(price: object, input_tokens: int) -> Decimal | None:

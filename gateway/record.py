@@ -21,6 +21,10 @@ import orjson
 UNTAGGED = "untagged"
 
 
+# The record's fields that hold USD, exact decimals (strings in JSON).
+MONEY_FIELDS = ("input_cost_usd", "output_cost_usd", "total_cost_usd", "fee_cost_usd")
+
+
 def new_request_id() -> str:
     # 128 random bits, as a uuid4 has, without building a UUID object per call.
     return f"tg-{os.urandom(16).hex()}"
@@ -48,6 +52,11 @@ class UsageRecord:
     input_cost_usd: Decimal | None = None
     output_cost_usd: Decimal | None = None
     total_cost_usd: Decimal | None = None
+    # Part of total_cost_usd charged per call (tool calls, request fees).
+    fee_cost_usd: Decimal | None = None
+    # Built-in tool calls the upstream ran for the call, each billed.
+    web_search_calls: int = 0
+    file_search_calls: int = 0
     # Which price source priced it ("config", "genai-prices"); None: unpriced.
     price_source: str | None = None
     # The service tier the upstream says served the call; None: not named.
@@ -79,7 +88,7 @@ class UsageRecord:
     def from_json(cls, line: bytes | str) -> UsageRecord:
         data: dict[str, Any] = orjson.loads(line)
         data["timestamp"] = datetime.fromisoformat(data["timestamp"]).astimezone(UTC)
-        for name in ("input_cost_usd", "output_cost_usd", "total_cost_usd"):
+        for name in MONEY_FIELDS:
             if data.get(name) is not None:
                 data[name] = Decimal(data[name])
         return cls(**data)

@@ -37,8 +37,10 @@ Where usage sits:
   response's usage and tier are, and its type from its first bytes.
 
 The event that carries the usage also names the service tier that served the
-call (OpenAI's ``service_tier``), which prices it; it is read from the same
-parse, so no other event is parsed for it.
+call (OpenAI's ``service_tier``), which prices it, and a final Responses event
+lists the built-in tool calls billed per call (web and file searches); both are
+read from the same parse, so no other event is parsed for them. A final event
+past the cap is read from its window only, where its tool calls are not.
 
 With ``hide_usage_chunk`` (the gateway asked for usage the client did not ask
 for) the usage-only chunk is removed whole, and the ``,"usage":null`` that
@@ -57,6 +59,7 @@ import orjson
 from gateway.usage import (
     MAX_MODEL_CHARS,
     Usage,
+    count_tool_calls,
     model_name,
     service_tier_name,
     usage_from_object,
@@ -465,6 +468,7 @@ class StreamScanner:
             return
         usage = usage_from_object(response.get("usage"))
         if usage is not None:
+            count_tool_calls(usage, response.get("output"))
             self.usage = usage
         # response.created names the tier asked for ("auto"), the end the one used.
         self.service_tier = service_tier_name(response.get("service_tier"))

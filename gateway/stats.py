@@ -53,6 +53,9 @@ EXPORT_COLUMNS = (
     "input_cost_usd",
     "output_cost_usd",
     "total_cost_usd",
+    "fee_cost_usd",
+    "web_search_calls",
+    "file_search_calls",
     "price_source",
     "service_tier",
     "usage_complete",
@@ -80,6 +83,9 @@ CALL_COLUMNS = (
     "output_tokens",
     "reasoning_tokens",
     "total_cost_usd",
+    "fee_cost_usd",
+    "web_search_calls",
+    "file_search_calls",
     "service_tier",
     "response_time_ms",
     "status",
@@ -592,7 +598,7 @@ async def find_call(
         where.add('"timestamp" = {}', timestamp)
     return await pool.fetchrow(
         'SELECT id, "timestamp", request_id, input_cost_usd, output_cost_usd,'
-        " total_cost_usd, price_source FROM llm_usage"
+        " total_cost_usd, fee_cost_usd, price_source FROM llm_usage"
         f' WHERE {where.sql()} ORDER BY "timestamp" LIMIT 1',
         *where.args,
     )

@@ -12,6 +12,10 @@ Three dialects of the ``usage`` object are understood:
 - the Responses API: ``input_tokens``, ``output_tokens``,
   ``input_tokens_details.cached_tokens``, ``output_tokens_details.reasoning_tokens``.
 
+A Responses answer also lists the built-in tools the upstream ran for the call
+among its ``output`` items (``web_search_call``, ``file_search_call``); each
+is billed per call besides the tokens, so they are counted into the usage.
+
 Bodies come from outside, so nothing here trusts them. A count is a whole
 number from 0 to ``MAX_TOKENS`` (``12.0`` included); an input or output
 count that is anything else (a string, negative, absurdly large), or a total
@@ -59,6 +63,9 @@ class Usage:
     # Parts of input_tokens and output_tokens that were audio.
     input_audio_tokens: int = 0
     output_audio_tokens: int = 0
+    # Built-in tool calls the upstream ran, each billed per call.
+    web_search_calls: int = 0
+    file_search_calls: int = 0
     # The upstream reported usage, but not in counts that can be priced; the
     # other fields are then 0 and mean nothing.
     unreadable: bool = False
@@ -152,11 +159,32 @@ def usage_from_body(body: bytes) -> tuple[Usage | None, str | None, str | None]:
     if not isinstance(obj, dict):
         return None, None, None
 
+    usage = usage_from_object(obj.get("usage"))
+    if usage is not None:
+        count_tool_calls(usage, obj.get("output"))
+
     return (
-        usage_from_object(obj.get("usage")),
+        usage,
         model_name(obj.get("model")),
         service_tier_name(obj.get("service_tier")),
     )
+
+
+def count_tool_calls(usage: Usage, output: object) -> None:
+    """
+    Count into *usage* the built-in tool calls that a Responses answer's
+    ``output`` list reports; anything else (a chat answer has no
+    ``output``) counts nothing.
+    """
+    if type(output) is not list:
+        return
+    for item in output:
+        if type(item) is dict:
+            kind = item.get("type")
+            if kind == "web_search_call":
+                usage.web_search_calls += 1
+            elif kind == "file_search_call":
+                usage.file_search_calls += 1
 
 
 def model_name(value: Any) -> str | None:

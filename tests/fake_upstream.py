@@ -93,6 +93,10 @@ class FakeUpstream:
         # Parts of the prompt and completion that were audio (chat only).
         self.input_audio_tokens = 0
         self.output_audio_tokens = 0
+        # Built-in tool calls a Responses answer lists when the request
+        # offers the tool (web_search, file_search), as OpenAI runs them.
+        self.web_searches = 1
+        self.file_searches = 1
         # Seconds between stream events (a slow drip when above zero).
         self.event_delay_s = 0.0
         # Streams being written right now.
@@ -447,6 +451,33 @@ class FakeUpstream:
             "role": "assistant",
             "content": [text],
         }
+        offered = {
+            tool.get("type")
+            for tool in payload.get("tools") or ()
+            if isinstance(tool, dict)
+        }
+        calls: list[dict[str, Any]] = []
+        if offered & {"web_search", "web_search_preview"}:
+            calls += [
+                {
+                    "id": f"ws_fake{i}",
+                    "type": "web_search_call",
+                    "status": "completed",
+                    "action": {"type": "search", "query": "fake news"},
+                }
+                for i in range(self.web_searches)
+            ]
+        if "file_search" in offered:
+            calls += [
+                {
+                    "id": f"fs_fake{i}",
+                    "type": "file_search_call",
+                    "status": "completed",
+                    "queries": ["fake"],
+                    "results": None,
+                }
+                for i in range(self.file_searches)
+            ]
         usage = {
             "input_tokens": self.prompt_tokens,
             "input_tokens_details": {"cached_tokens": self.cached_tokens},
@@ -462,10 +493,10 @@ class FakeUpstream:
             "model": self.reported(model),
             # Named as asked while it runs ("auto" by default), as served at the end.
             "service_tier": served_tier(payload) if done else asked_tier(payload),
-            "output": [message] if done else [],
+            "output": [*calls, message] if done else [],
             "parallel_tool_calls": True,
             "tool_choice": "auto",
-            "tools": [],
+            "tools": payload.get("tools") or [],
             "usage": usage if done else None,
         }
 

@@ -55,6 +55,10 @@ def make_records(count: int = 600, seed: int = 7) -> list[UsageRecord]:
         input_cost = Decimal(input_tokens) * Decimal("0.000002500001")
         output_cost = Decimal(output_tokens) * Decimal("0.000010000003")
         failed = rng.random() < 0.08
+        # Without a draw of rng either: a Responses call of every eleventh
+        # OpenAI row ran two web searches, at $10 a thousand.
+        searches = 2 if n % 11 == 0 and not model.startswith("deepseek") else 0
+        fee = Decimal(searches) * Decimal("0.01")
         records.append(
             UsageRecord(
                 request_id=f"seed-{n}",
@@ -71,7 +75,9 @@ def make_records(count: int = 600, seed: int = 7) -> list[UsageRecord]:
                 total_tokens=input_tokens + output_tokens,
                 input_cost_usd=input_cost if priced else None,
                 output_cost_usd=output_cost if priced else None,
-                total_cost_usd=input_cost + output_cost if priced else None,
+                total_cost_usd=input_cost + output_cost + fee if priced else None,
+                fee_cost_usd=fee if priced else None,
+                web_search_calls=searches,
                 price_source="config" if priced else None,
                 # Without a draw of rng, so every other field stays as it was.
                 service_tier=(

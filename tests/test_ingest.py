@@ -60,6 +60,7 @@ async def test_a_posted_call_is_priced_stored_and_answered(
         "cost_usd": 1.7,
         "input_cost_usd": 0.7,
         "output_cost_usd": 1.0,
+        "fee_cost_usd": 0.0,
         "price_source": "config",
         "duplicate": False,
     }
@@ -124,6 +125,30 @@ async def test_a_call_is_priced_at_the_tier_it_names(
     assert standard["service_tier"] is None
     assert standard["total_cost_usd"] == scale["total_cost_usd"] == Decimal("0.006")
     assert scale["service_tier"] == "scale"
+
+
+async def test_posted_tool_calls_are_charged_per_call(
+    client: Any, db_pool: asyncpg.Pool
+) -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "provider": "openai",
+        "input_tokens": 1000,
+        "output_tokens": 500,
+        "web_search_calls": 2,
+        "file_search_calls": 1,
+    }
+
+    resp = await client.post("/api/usage", json=body)
+
+    answer = await resp.json()
+    [row] = await stored(db_pool)
+    # 2 x $10 + 1 x $2.50 per thousand calls; the tokens at $0.15 and $0.60.
+    assert answer["fee_cost_usd"] == 0.0225
+    assert answer["cost_usd"] == 0.02295
+    assert (row["web_search_calls"], row["file_search_calls"]) == (2, 1)
+    assert row["fee_cost_usd"] == Decimal("0.0225")
+    assert row["total_cost_usd"] == Decimal("0.02295")
 
 
 async def test_the_largest_counts_taken_are_stored(
@@ -321,6 +346,9 @@ BAD_BODIES = [
     ({**GOOD, "service_tier": "Flex"}, "service_tier"),
     ({**GOOD, "service_tier": 2}, "service_tier"),
     ({**GOOD, "service_tier": ""}, "service_tier"),
+    ({**GOOD, "web_search_calls": -1}, "web_search_calls"),
+    ({**GOOD, "web_search_calls": "2"}, "web_search_calls"),
+    ({**GOOD, "file_search_calls": 1.5}, "file_search_calls"),
     ({**GOOD, "input_token": 3}, "input_token"),
 ]
 

@@ -16,6 +16,9 @@ price pages, which the bundled catalog carries:
 - Service tiers, from 2026-10-12 (before that the catalog has none): o3 at
   flex $1 / $0.25 / $4 (standard $2 / $0.50 / $8); gpt-4o-mini at priority
   $0.25 / $0.125 / $1, and no flex price.
+- Built-in tools of the Responses API, per thousand calls: web search $10,
+  file search $2.50 (gpt-4o-mini, o3 and most OpenAI models); Perplexity's
+  sonar: $1 input, $1 output and $12 per thousand requests.
 """
 
 from __future__ import annotations
@@ -404,6 +407,63 @@ def test_inconsistent_counts_are_cut_down_before_pricing() -> None:
     assert cost == Cost(usd("0.0000075"), usd("0"), usd("0.0000075"), SOURCE_CATALOG)
 
 
+def test_built_in_tool_calls_are_a_fee_per_call() -> None:
+    usage = Usage(
+        input_tokens=1000, output_tokens=500, web_search_calls=2, file_search_calls=1
+    )
+
+    cost = catalog_cost("gpt-4o-mini-2024-07-18", usage, "openai", TIERED_NOON)
+
+    # 1,000 x $0.15 and 500 x $0.60 per million; 2 x $10 + 1 x $2.50 per thousand.
+    assert cost == Cost(
+        usd("0.00015"), usd("0.0003"), usd("0.02295"), SOURCE_CATALOG, usd("0.0225")
+    )
+
+
+def test_a_tier_prices_the_tokens_and_leaves_the_tool_fee() -> None:
+    usage = Usage(input_tokens=10_000, output_tokens=2_000, web_search_calls=1)
+
+    cost = catalog_cost("o3", usage, "openai", TIERED_NOON, "flex")
+
+    # 10,000 x $1 and 2,000 x $4 per million, and one search at $10 a thousand.
+    assert cost == Cost(
+        usd("0.01"), usd("0.008"), usd("0.028"), SOURCE_CATALOG, usd("0.01")
+    )
+
+
+def test_a_per_request_fee_is_charged_on_every_call() -> None:
+    usage = Usage(input_tokens=1000, output_tokens=100)
+
+    cost = catalog_cost("sonar", usage, "perplexity", TIERED_NOON)
+
+    # 1,000 x $1 and 100 x $1 per million, and $12 per thousand requests.
+    assert cost == Cost(
+        usd("0.001"), usd("0.0001"), usd("0.0131"), SOURCE_CATALOG, usd("0.012")
+    )
+
+
+def test_an_override_prices_tool_calls_at_its_rates_or_the_catalogs() -> None:
+    usage = Usage(
+        input_tokens=1000, output_tokens=100, web_search_calls=4, file_search_calls=2
+    )
+    book = PriceBook(
+        {
+            "gpt-4o-mini": ModelPrice(input="1", output="2", web_search="25"),
+            "in-house": ModelPrice(input="1", output="2"),
+        }
+    )
+
+    named = book.cost("gpt-4o-mini", usage, provider="openai", at=TIERED_NOON)
+    unknown = book.cost("in-house", usage, provider=None, at=TIERED_NOON)
+
+    # 4 x $25 at the override's rate, 2 x $2.50 at the catalog's.
+    assert named == Cost(
+        usd("0.001"), usd("0.0002"), usd("0.1062"), SOURCE_CONFIG, usd("0.105")
+    )
+    # Neither the override nor the catalog prices a search of this model.
+    assert unknown == Cost(usd("0.001"), usd("0.0002"), usd("0.0012"), SOURCE_CONFIG)
+
+
 def catalog_models() -> list[tuple[str, str]]:
     snapshot = data_snapshot.get_snapshot()
     return [
@@ -421,12 +481,20 @@ def test_every_catalog_model_costs_what_genai_prices_computes(
     provider: str, model: str
 ) -> None:
     """The gateway's own arithmetic agrees with the catalog's, to the digit."""
-    usage = Usage(input_tokens=300_123, cached_input_tokens=45_678, output_tokens=9_876)
+    usage = Usage(
+        input_tokens=300_123,
+        cached_input_tokens=45_678,
+        output_tokens=9_876,
+        web_search_calls=7,
+        file_search_calls=3,
+    )
     book = PriceBook({})
     reference = genai_prices.Usage(
         input_tokens=usage.input_tokens,
         cache_read_tokens=usage.cached_input_tokens,
         output_tokens=usage.output_tokens,
+        web_searches=usage.web_search_calls,
+        storage_searches=usage.file_search_calls,
     )
 
     for at, tier in (
@@ -448,9 +516,12 @@ def test_every_catalog_model_costs_what_genai_prices_computes(
         )
         cost = book.cost(model, usage, provider=provider, at=at, service_tier=tier)
 
+        fee = expected.total_price - expected.input_price - expected.output_price
+
         assert cost is not None
         assert cost.input_usd == expected.input_price.quantize(USD_PLACES)
         assert cost.output_usd == expected.output_price.quantize(USD_PLACES)
+        assert cost.fee_usd == fee.quantize(USD_PLACES)
 
 
 @pytest.mark.parametrize(
@@ -497,6 +568,8 @@ models = st.sampled_from(
         ("deepseek-chat", "deepseek"),
         ("deepseek-v4-pro", "deepseek"),
         ("priced-here", None),
+        ("searched-here", None),
+        ("sonar", "perplexity"),
     ]
 )
 moments = st.datetimes(
@@ -505,7 +578,12 @@ moments = st.datetimes(
     timezones=st.just(UTC),
 )
 BOOK = PriceBook(
-    {"priced-here": ModelPrice(input="0.3", cached_input="0.03", output="1.7")}
+    {
+        "priced-here": ModelPrice(input="0.3", cached_input="0.03", output="1.7"),
+        "searched-here": ModelPrice(
+            input="0.3", output="1.7", web_search="25", file_search="2.5"
+        ),
+    }
 )
 
 
@@ -519,22 +597,24 @@ def usages(draw: st.DrawFn) -> Usage:
         output_tokens=output_tokens,
         reasoning_tokens=draw(st.integers(min_value=0, max_value=output_tokens)),
         total_tokens=input_tokens + output_tokens,
+        web_search_calls=draw(st.integers(min_value=0, max_value=1000)),
+        file_search_calls=draw(st.integers(min_value=0, max_value=1000)),
     )
 
 
 @settings(max_examples=200, deadline=None)
 @given(model=models, usage=usages(), at=moments)
-def test_costs_are_decimal_and_total_is_input_plus_output(
+def test_costs_are_decimal_and_total_is_input_plus_output_plus_fee(
     model: tuple[str, str | None], usage: Usage, at: datetime
 ) -> None:
     cost = BOOK.cost(model[0], usage, provider=model[1], at=at)
 
     assert cost is not None
-    for part in (cost.input_usd, cost.output_usd, cost.total_usd):
+    for part in (cost.input_usd, cost.output_usd, cost.fee_usd, cost.total_usd):
         assert type(part) is Decimal
         assert part.as_tuple().exponent == -12
         assert part >= 0
-    assert cost.total_usd == cost.input_usd + cost.output_usd
+    assert cost.total_usd == cost.input_usd + cost.output_usd + cost.fee_usd
 
 
 @settings(max_examples=200, deadline=None)
@@ -542,7 +622,15 @@ def test_costs_are_decimal_and_total_is_input_plus_output(
     model=models,
     usage=usages(),
     at=moments,
-    field=st.sampled_from(["input_tokens", "output_tokens", "reasoning_tokens"]),
+    field=st.sampled_from(
+        [
+            "input_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+            "web_search_calls",
+            "file_search_calls",
+        ]
+    ),
     more=st.integers(min_value=1, max_value=10**6),
 )
 def test_cost_never_falls_when_tokens_grow(
@@ -554,6 +642,8 @@ def test_cost_never_falls_when_tokens_grow(
         cached_input_tokens=usage.cached_input_tokens,
         output_tokens=usage.output_tokens,
         reasoning_tokens=usage.reasoning_tokens,
+        web_search_calls=usage.web_search_calls,
+        file_search_calls=usage.file_search_calls,
     )
     setattr(bigger, field, getattr(bigger, field) + more)
     if field == "reasoning_tokens":

@@ -359,6 +359,44 @@ async def test_responses_api_both_ways(
         assert_cost(row, GPT_4O_MINI)
 
 
+async def test_responses_with_built_in_tools_are_charged_per_tool_call(
+    gateway: Gateway, fake: FakeUpstream, rows: Any
+) -> None:
+    client = await gateway()
+    fake.web_searches = 3
+    fake.file_searches = 2
+    tools: list[Any] = [
+        {"type": "web_search"},
+        {"type": "file_search", "vector_store_ids": ["vs_1"]},
+    ]
+
+    async with openai_client(client) as oai:
+        whole = await oai.responses.create(
+            model="gpt-4o-mini", input="news on AAPL?", tools=tools
+        )
+        stream = await oai.responses.create(
+            model="gpt-4o-mini", input="news on AAPL?", tools=tools, stream=True
+        )
+        kinds = [event.type async for event in stream]
+
+    assert [item.type for item in whole.output].count("web_search_call") == 3
+    assert kinds[-1] == "response.completed"
+    recorded = await rows(client)
+    assert len(recorded) == 2
+    for row in recorded:
+        assert (row["web_search_calls"], row["file_search_calls"]) == (3, 2)
+        # 3 x $10 + 2 x $2.50 per thousand calls, beside the tokens.
+        assert row["fee_cost_usd"] == Decimal("0.035")
+        input_usd, output_usd, tokens_usd = expected_cost(
+            GPT_4O_MINI, row["input_tokens"], 0, row["output_tokens"]
+        )
+        assert (row["input_cost_usd"], row["output_cost_usd"]) == (
+            input_usd,
+            output_usd,
+        )
+        assert row["total_cost_usd"] == tokens_usd + Decimal("0.035")
+
+
 async def test_a_call_is_priced_at_the_tier_that_served_it(
     gateway: Gateway, fake: FakeUpstream, rows: Any
 ) -> None:

@@ -811,3 +811,50 @@ def test_a_large_answer_without_usage_gives_none() -> None:
     watcher.feed(b'{"model": "m", "data": "' + b"x" * 600_000 + b'"}')
 
     assert watcher.read() == (None, "m", None)
+
+
+# -- built-in tool calls of a Responses stream ------------------------------
+
+
+def with_searches_in_final_event(body: bytes, web: int, files: int) -> bytes:
+    """The recorded Responses stream, its completed event listing searches."""
+    head, marker, rest = body.rpartition(b'"output":[')
+    assert b"response.completed" in head[head.rfind(b"\n\n") :]
+    items = [
+        {"id": f"ws_{i}", "type": "web_search_call", "status": "completed"}
+        for i in range(web)
+    ] + [
+        {"id": f"fs_{i}", "type": "file_search_call", "status": "completed"}
+        for i in range(files)
+    ]
+    # Each search is also announced by an event of its own while it runs.
+    announced = b"".join(
+        b"event: response.output_item.done\ndata: "
+        + orjson.dumps({"type": "response.output_item.done", "item": item})
+        + b"\n\n"
+        for item in items
+    )
+    start = head.rfind(b"\n\n") + 2
+    listed = b"".join(orjson.dumps(item) + b"," for item in items)
+    return head[:start] + announced + head[start:] + marker + listed + rest
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    web=st.integers(min_value=0, max_value=4),
+    files=st.integers(min_value=0, max_value=3),
+    cuts=st.lists(st.integers(min_value=0, max_value=6000), max_size=8),
+)
+def test_a_responses_stream_counts_the_searches_its_end_lists(
+    web: int, files: int, cuts: list[int]
+) -> None:
+    name = "openai_responses_stream_1.sse"
+    body = with_searches_in_final_event(recorded(name), web, files)
+    scanner = scanner_for(name)
+
+    relayed = relay(scanner, split_at(body, cuts))
+
+    assert relayed == body
+    assert scanner.usage == Usage(
+        11, 0, 5, 0, 16, web_search_calls=web, file_search_calls=files
+    )

@@ -350,3 +350,52 @@ def test_a_service_tier_name_is_a_lower_case_word_or_nothing(value: str) -> None
         and tier.isascii()
         and tier == tier.lower()
     )
+
+
+def with_tool_calls(items: list[object]) -> bytes:
+    """The recorded Responses answer with *items* before its message."""
+    answer = orjson.loads(recorded("openai_responses_1.json"))
+    answer["output"] = [*items, *answer["output"]]
+    return orjson.dumps(answer)
+
+
+WEB_SEARCH = {
+    "id": "ws_1",
+    "type": "web_search_call",
+    "status": "completed",
+    "action": {"type": "search", "query": "AAPL earnings"},
+}
+FILE_SEARCH = {"id": "fs_1", "type": "file_search_call", "status": "completed"}
+
+
+def test_a_responses_answer_counts_its_built_in_tool_calls() -> None:
+    body = with_tool_calls([WEB_SEARCH, WEB_SEARCH, FILE_SEARCH])
+
+    usage, _, _ = usage_from_body(body)
+
+    assert usage == Usage(11, 0, 5, 0, 16, web_search_calls=2, file_search_calls=1)
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        None,
+        "web_search_call",
+        {"type": "web_search_call"},
+        [None, 3, "web_search_call", {"type": ["web_search_call"]}, {"kind": "x"}],
+        [{"type": "function_call"}, {"type": "message"}, {"type": "reasoning"}],
+    ],
+)
+def test_anything_else_in_output_counts_no_tool_call(output: object) -> None:
+    answer = orjson.loads(recorded("openai_responses_1.json"))
+    answer["output"] = output
+
+    usage, _, _ = usage_from_body(orjson.dumps(answer))
+
+    assert usage == Usage(11, 0, 5, 0, 16)
+
+
+def test_tool_calls_without_usage_are_not_counted() -> None:
+    body = orjson.dumps({"output": [WEB_SEARCH], "status": "in_progress"})
+
+    assert usage_from_body(body) == (None, None, None)
