@@ -9,12 +9,15 @@ All three run in one event loop on loopback, so nothing leaves the machine:
                       PostgreSQL (embedded, in a data directory of its own)
 
 The upstream answers like the real APIs do: usage with cached and reasoning
-tokens, streams with and without ``stream_options.include_usage``, a few rate
-limits and server errors, and 200-1500 ms of latency. The agent runs trading
-cycles of several tagged calls each (news, analysis, risk, decision) for a
-rotating set of tickers, at a steady rate, so the dashboard fills within a
-minute. The agent checks what it receives: a stream it asked no usage for
-must carry none, one that asked for it must carry it.
+tokens, streams with and without ``stream_options.include_usage``, web
+searches listed in Responses answers, a few rate limits and server errors,
+and 200-1500 ms of latency. The agent runs trading cycles of several tagged
+calls each (news, analysis, risk, decision) for a rotating set of tickers, at
+a steady rate, so the dashboard fills within a minute. Its news step searches
+the web through the Responses API when it picks an OpenAI model, so those
+calls carry a search fee besides their tokens. The agent checks what it
+receives: a stream it asked no usage for must carry none, one that asked for
+it must carry it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
@@ -89,10 +92,12 @@ class Step:
     models: tuple[str, ...]
     context_tokens: int  # market data and instructions sent with every call
     stream_ratio: float
+    # With an OpenAI model, a Responses call with the web search tool.
+    searches_web: bool = False
 
 
 CYCLE = (
-    Step("news_summary", ("deepseek-chat", "gpt-4o-mini"), 1800, 0.2),
+    Step("news_summary", ("deepseek-chat", "gpt-4o-mini"), 1800, 0.2, True),
     Step("market_analysis", ("gpt-4o", "deepseek-chat"), 2600, 0.6),
     Step("risk_check", ("gpt-4o-mini",), 900, 0.0),
     Step("trading_decision", ("o3-mini", "deepseek-reasoner"), 1400, 0.5),
@@ -133,6 +138,8 @@ def create_upstream_app(
     app[UPSTREAM_RANDOM] = rng or random.Random()
     for prefix in ("/v1", "/deepseek/v1"):
         app.router.add_post(f"{prefix}/chat/completions", answer_chat)
+    # DeepSeek has no Responses API.
+    app.router.add_post("/v1/responses", answer_responses)
     return app
 
 
@@ -145,7 +152,17 @@ def carries_tags(request: web.Request) -> bool:
     return bool(names & TAG_HEADERS) or any(n.startswith("x-tag-") for n in names)
 
 
-async def answer_chat(request: web.Request) -> web.StreamResponse:
+class Admitted(NamedTuple):
+    """A call the simulated upstream will answer."""
+
+    payload: dict[str, Any]
+    profile: ModelProfile
+    latency_s: float
+    rng: random.Random
+
+
+async def admit(request: web.Request, endpoint: str) -> Admitted | web.StreamResponse:
+    """The call to answer, or the refusal or failure the upstream gives instead."""
     upstream_log = request.app[UPSTREAM_LOG]
     behaviour = request.app[UPSTREAM_BEHAVIOUR]
     rng = request.app[UPSTREAM_RANDOM]
@@ -162,7 +179,7 @@ async def answer_chat(request: web.Request) -> web.StreamResponse:
         message = f"The model `{payload.get('model')}` does not exist."
         body = openai_error(message, "invalid_request_error", "model_not_found")
         return web.json_response(body, status=404)
-    prefix = request.path.removesuffix("/chat/completions")
+    prefix = request.path.removesuffix(endpoint)
     upstream_log.calls[(prefix, payload["model"])] += 1
     latency_s = rng.uniform(*behaviour.latency_ms) / 1000
 
@@ -188,6 +205,14 @@ async def answer_chat(request: web.Request) -> web.StreamResponse:
         )  # fmt: skip
         return web.json_response(body, status=500)
 
+    return Admitted(payload, profile, latency_s, rng)
+
+
+async def answer_chat(request: web.Request) -> web.StreamResponse:
+    admitted = await admit(request, "/chat/completions")
+    if not isinstance(admitted, Admitted):
+        return admitted
+    payload, profile, latency_s, rng = admitted
     usage = simulate_usage(profile, payload, rng)
     reply = f"Simulated {profile.reported} answer: " + " ".join(
         rng.choice(REPLY_WORDS) for _ in range(rng.randint(12, 40))
@@ -207,6 +232,59 @@ async def answer_chat(request: web.Request) -> web.StreamResponse:
         "usage": usage,
         "system_fingerprint": "fp_demo",
     }
+    return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
+
+
+async def answer_responses(request: web.Request) -> web.StreamResponse:
+    """A Responses answer: one search call per search run, then the message."""
+    admitted = await admit(request, "/responses")
+    if not isinstance(admitted, Admitted):
+        return admitted
+    payload, profile, latency_s, rng = admitted
+    text = str(payload.get("instructions", "")) + str(payload.get("input", ""))
+    chat = simulate_usage(profile, {"messages": [{"content": text}]}, rng)
+    tools = {t.get("type") for t in payload.get("tools", []) if isinstance(t, dict)}
+    searches = rng.randint(1, 3) if "web_search" in tools else 0
+    output: list[dict[str, Any]] = [
+        {
+            "id": f"ws_{uuid.uuid4().hex}",
+            "type": "web_search_call",
+            "status": "completed",
+            "action": {"type": "search", "query": f"{payload.get('input')} news"},
+        }
+        for _ in range(searches)
+    ]
+    reply = f"Simulated {profile.reported} summary: " + " ".join(
+        rng.choice(REPLY_WORDS) for _ in range(rng.randint(12, 40))
+    )
+    output.append(
+        {
+            "id": f"msg_{uuid.uuid4().hex}",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": reply, "annotations": []}],
+        }
+    )
+    details = chat["completion_tokens_details"]
+    body = {
+        "id": f"resp_{uuid.uuid4().hex}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "model": profile.reported,
+        "output": output,
+        "tools": payload.get("tools", []),
+        "service_tier": "default",
+        "usage": {
+            "input_tokens": chat["prompt_tokens"],
+            "input_tokens_details": chat["prompt_tokens_details"],
+            "output_tokens": chat["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": details["reasoning_tokens"]},
+            "total_tokens": chat["total_tokens"],
+        },
+    }
+    await asyncio.sleep(latency_s * (1 + searches))
     return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
 
 
@@ -376,7 +454,8 @@ class TradingAgent:
                 "X-Tag-Strategy": strategy,
             }
             body = self.request_body(step, ticker)
-            await self.call(session, headers, body)
+            endpoint = "/responses" if "tools" in body else "/chat/completions"
+            await self.call(session, headers, body, endpoint)
 
     def request_body(self, step: Step, ticker: str) -> dict[str, Any]:
         # The system prompt stands for the market data and instructions a real
@@ -384,8 +463,16 @@ class TradingAgent:
         context = f"You are the {step.purpose} module of a trading system. " * (
             step.context_tokens // 12
         )
+        model = self.rng.choice(step.models)
+        if step.searches_web and MODELS[model].dialect == "openai":
+            return {
+                "model": model,
+                "instructions": context,
+                "input": f"Latest news on {ticker}, summarised.",
+                "tools": [{"type": "web_search"}],
+            }
         body: dict[str, Any] = {
-            "model": self.rng.choice(step.models),
+            "model": model,
             "messages": [
                 {"role": "system", "content": context},
                 {"role": "user", "content": f"{step.purpose} for {ticker} now."},
@@ -402,9 +489,10 @@ class TradingAgent:
         session: aiohttp.ClientSession,
         headers: dict[str, str],
         body: dict[str, Any],
+        endpoint: str = "/chat/completions",
     ) -> None:
         self.stats.sent += 1
-        url = f"{self.base_url}/chat/completions"
+        url = f"{self.base_url}{endpoint}"
         try:
             async with session.post(url, json=body, headers=headers) as response:
                 if body.get("stream") and response.status == 200:

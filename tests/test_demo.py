@@ -60,6 +60,27 @@ async def test_upstream_reports_openai_usage_with_cache_and_reasoning(
     assert cached == 0 or (cached >= 1024 and cached % 128 == 0)
 
 
+async def test_upstream_lists_the_web_searches_of_a_responses_call(
+    upstream: Any,
+) -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "input": "Latest news on AAPL",
+        "tools": [{"type": "web_search"}],
+    }
+
+    response = await upstream.post("/v1/responses", json=body, headers=AUTH)
+
+    answer = await response.json()
+    kinds = [item["type"] for item in answer["output"]]
+    usage = answer["usage"]
+    assert response.status == 200
+    assert answer["model"] == "gpt-4o-mini-2024-07-18"
+    assert 1 <= kinds.count("web_search_call") <= 3
+    assert kinds[-1] == "message"
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+
 async def test_upstream_reports_deepseek_cache_hits(upstream: Any) -> None:
     hits = []
     for _ in range(10):
@@ -227,7 +248,8 @@ async def test_demo_records_tagged_rows_through_the_gateway(
     )
 
     rows = await db_pool.fetch(
-        "SELECT model, purpose, ticker, cycle_id, tags, status, streamed FROM llm_usage"
+        "SELECT model, purpose, ticker, cycle_id, tags, status, streamed,"
+        " endpoint, web_search_calls, fee_cost_usd FROM llm_usage"
     )
     assert addresses
     assert addresses[0].startswith("http://localhost:")
@@ -241,6 +263,11 @@ async def test_demo_records_tagged_rows_through_the_gateway(
     assert all(r["tags"].get("strategy") in demo.STRATEGIES for r in rows)
     assert Counter(r["status"] for r in rows) == stats.by_status
     assert any(r["streamed"] for r in rows)
+    # The news step's OpenAI calls searched the web, and were charged for it.
+    searched = [r for r in rows if r["endpoint"] == "/v1/responses"]
+    assert searched
+    assert all(r["purpose"] == "news_summary" for r in searched)
+    assert any(r["web_search_calls"] > 0 and r["fee_cost_usd"] > 0 for r in searched)
     # Every cycle ran to its end: each id tags one call per step.
     per_cycle = Counter(r["cycle_id"] for r in rows)
     assert set(per_cycle.values()) == {len(demo.CYCLE)}
