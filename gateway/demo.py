@@ -214,9 +214,7 @@ async def answer_chat(request: web.Request) -> web.StreamResponse:
         return admitted
     payload, profile, latency_s, rng = admitted
     usage = simulate_usage(profile, payload, rng)
-    reply = f"Simulated {profile.reported} answer: " + " ".join(
-        rng.choice(REPLY_WORDS) for _ in range(rng.randint(12, 40))
-    )
+    reply = simulated_reply(profile, "answer", rng)
     if payload.get("stream"):
         return await stream_chat(request, profile, payload, usage, reply, latency_s)
     await asyncio.sleep(latency_s)
@@ -254,9 +252,7 @@ async def answer_responses(request: web.Request) -> web.StreamResponse:
         }
         for _ in range(searches)
     ]
-    reply = f"Simulated {profile.reported} summary: " + " ".join(
-        rng.choice(REPLY_WORDS) for _ in range(rng.randint(12, 40))
-    )
+    reply = simulated_reply(profile, "summary", rng)
     output.append(
         {
             "id": f"msg_{uuid.uuid4().hex}",
@@ -286,6 +282,11 @@ async def answer_responses(request: web.Request) -> web.StreamResponse:
     }
     await asyncio.sleep(latency_s * (1 + searches))
     return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
+
+
+def simulated_reply(profile: ModelProfile, kind: str, rng: random.Random) -> str:
+    words = " ".join(rng.choice(REPLY_WORDS) for _ in range(rng.randint(12, 40)))
+    return f"Simulated {profile.reported} {kind}: {words}"
 
 
 def completion_id(profile: ModelProfile) -> str:

@@ -215,7 +215,7 @@ class PriceBook:
             input_rate if cached_rate is None else cached_rate,
             _rate(rates.output_mtok, input_tokens) or _ZERO,
             SOURCE_CATALOG,
-            _tool_fee(rates, usage) if tools else _NO_FEE,
+            _fee(*_tool_rates(rates), usage) if tools else _NO_FEE,
         )
 
     def _override_fee(
@@ -231,14 +231,12 @@ class PriceBook:
         if web_rate is None or file_rate is None:
             found = self._catalog_model(provider, model)
             if found is not None:
-                rates = found.model.get_prices(at, None)
-                if web_rate is None:
-                    web_rate = _rate(rates.web_searches_kcount, 0)
-                if file_rate is None:
-                    file_rate = _rate(rates.storage_searches_kcount, 0)
-        return _fee(
-            web_rate, usage.web_search_calls, file_rate, usage.file_search_calls
-        )
+                web_catalog, file_catalog = _tool_rates(
+                    found.model.get_prices(at, None)
+                )
+                web_rate = web_catalog if web_rate is None else web_rate
+                file_rate = file_catalog if file_rate is None else file_rate
+        return _fee(web_rate, file_rate, usage)
 
     def _override(self, model: str) -> ModelPrice | None:
         try:
@@ -384,24 +382,22 @@ def _price(
     return Cost(input_usd, output_usd, total_usd, source, fee_usd)
 
 
-def _tool_fee(rates: catalog.ModelPrice, usage: Usage) -> Decimal:
-    """What *usage*'s tool calls cost at the catalog's *rates*."""
-    return _fee(
+def _tool_rates(rates: catalog.ModelPrice) -> tuple[Decimal | None, Decimal | None]:
+    """The catalog's web search and file search rates, USD per thousand calls."""
+    return (
         _rate(rates.web_searches_kcount, 0),
-        usage.web_search_calls,
         _rate(rates.storage_searches_kcount, 0),
-        usage.file_search_calls,
     )
 
 
-def _fee(
-    web_rate: Decimal | None, web_calls: int, file_rate: Decimal | None, file_calls: int
-) -> Decimal:
-    # Rates are USD per thousand calls: multiply, then shift three places.
+def _fee(web_rate: Decimal | None, file_rate: Decimal | None, usage: Usage) -> Decimal:
+    """What *usage*'s tool calls cost at these rates, USD per thousand calls."""
     ctx = _CONTEXT
+    web_calls = min(max(usage.web_search_calls, 0), MAX_TOKENS)
+    file_calls = min(max(usage.file_search_calls, 0), MAX_TOKENS)
     fee = ctx.add(
-        ctx.multiply(web_rate or _ZERO, min(max(web_calls, 0), MAX_TOKENS)),
-        ctx.multiply(file_rate or _ZERO, min(max(file_calls, 0), MAX_TOKENS)),
+        ctx.multiply(web_rate or _ZERO, web_calls),
+        ctx.multiply(file_rate or _ZERO, file_calls),
     )
     return fee.scaleb(-3, ctx).quantize(USD_PLACES, context=ctx)
 

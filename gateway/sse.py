@@ -495,7 +495,7 @@ class StreamScanner:
         if usage is None:
             return
         self.usage = usage
-        self.service_tier = _last_tier(window)
+        self.service_tier = _last_string(window, _TIER_KEY)
 
 
 class BodyTail:
@@ -531,13 +531,8 @@ class BodyTail:
         window = bytes(self._window[-FINAL_WINDOW_BYTES:])
         model = _string_after_key(self.head, _MODEL_KEY, 0, len(self.head))
         if model is None:
-            at = window.rfind(_MODEL_KEY)
-            model = (
-                None
-                if at == -1
-                else _string_after_key(window, _MODEL_KEY, at, len(window))
-            )
-        return _last_usage(window), model, _last_tier(window)
+            model = _last_string(window, _MODEL_KEY)
+        return _last_usage(window), model, _last_string(window, _TIER_KEY)
 
 
 def _last_usage(window: bytes) -> Usage | None:
@@ -553,9 +548,10 @@ def _last_usage(window: bytes) -> Usage | None:
     return usage_from_object(obj)
 
 
-def _last_tier(window: bytes) -> str | None:
-    at = window.rfind(_TIER_KEY)
-    return None if at == -1 else _string_after_key(window, _TIER_KEY, at, len(window))
+def _last_string(window: bytes, key: bytes) -> str | None:
+    """Return the string value of the last *key* in *window*, if any."""
+    at = window.rfind(key)
+    return None if at == -1 else _string_after_key(window, key, at, len(window))
 
 
 def _event_ends(buf: bytes | bytearray, start: int) -> Iterator[int]:
